@@ -1,0 +1,62 @@
+"""kubetest-infra: end-to-end test infrastructure on Kubernetes (Kind).
+
+Pipeline: ``tags → digest → build`` (this release); load, render, apply and wait follow.
+"""
+
+from kubetest_infra.build import Builder, BuildEvent, BuildSpec, BuiltImage
+from kubetest_infra.cleanup import Removal, gc, remove_run_images
+from kubetest_infra.digest import InputDigest, compute_digest
+from kubetest_infra.engine import Engine, EngineInfo, ImageInfo, get_engine
+from kubetest_infra.errors import (
+    BuildError,
+    CommandError,
+    ConfigError,
+    ContextError,
+    EngineError,
+    EngineUnavailableError,
+    KtiError,
+    MultiBuildError,
+    StaleImageError,
+    TagError,
+    UnknownEngineError,
+)
+from kubetest_infra.runner import CommandResult, Runner, SubprocessRunner
+from kubetest_infra.tags import image_ref, new_run_id, parse_ref, require_pinned, resolve_run_id
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BuildError",
+    "BuildEvent",
+    "BuildSpec",
+    "Builder",
+    "BuiltImage",
+    "CommandError",
+    "CommandResult",
+    "ConfigError",
+    "ContextError",
+    "Engine",
+    "EngineError",
+    "EngineInfo",
+    "EngineUnavailableError",
+    "ImageInfo",
+    "InputDigest",
+    "KtiError",
+    "MultiBuildError",
+    "Removal",
+    "Runner",
+    "StaleImageError",
+    "SubprocessRunner",
+    "TagError",
+    "UnknownEngineError",
+    "__version__",
+    "compute_digest",
+    "gc",
+    "get_engine",
+    "image_ref",
+    "new_run_id",
+    "parse_ref",
+    "remove_run_images",
+    "require_pinned",
+    "resolve_run_id",
+]

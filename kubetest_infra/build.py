@@ -1,0 +1,342 @@
+"""Verified image builds.
+
+``Builder.build(spec)`` returns a frozen :class:`BuiltImage` whose ``ref`` is the only name later
+stages may use. The build is *verified*:
+
+1. the input digest (:mod:`kubetest_infra.digest`) is computed before the build and stamped on the
+   image as a label;
+2. if an image with that digest already exists locally (and ``no_cache`` is off) it is retagged with
+   this run's tag instead of rebuilt: unchanged sources cost a retag;
+3. after a build the reference is read back from the engine: it must resolve to the image id the
+   build produced and carry the digest label computed before the build;
+4. the context is digested again: sources edited while the build ran make the image stale.
+
+A mismatch raises :class:`StaleImageError` (both digests, the files that differ), or triggers one
+automatic ``--no-cache`` rebuild when ``rebuild_on_stale`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from kubetest_infra.digest import DigestCache, InputDigest, compute_digest
+from kubetest_infra.engine import BuildRequest, Engine
+from kubetest_infra.errors import (
+    BuildError,
+    CommandError,
+    ConfigError,
+    KtiError,
+    MultiBuildError,
+    StaleImageError,
+    tail_lines,
+)
+from kubetest_infra.runner import Redactor
+from kubetest_infra.tags import (
+    DEFAULT_REGISTRY,
+    image_ref,
+    validate_consumer,
+    validate_run_id,
+    validate_service,
+)
+
+log = logging.getLogger("kubetest_infra.build")
+
+LABEL_PREFIX = "io.kubetest-infra"
+LABEL_MANAGED = f"{LABEL_PREFIX}.managed"
+LABEL_DIGEST = f"{LABEL_PREFIX}.input-digest"
+LABEL_RUN = f"{LABEL_PREFIX}.run-id"
+LABEL_SERVICE = f"{LABEL_PREFIX}.service"
+LABEL_CONSUMER = f"{LABEL_PREFIX}.consumer"
+LABEL_REVISION = "org.opencontainers.image.revision"
+LABEL_SOURCE = "org.opencontainers.image.source"
+DEFAULT_PARALLEL = 3
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What to build for one service. ``dockerfile`` is relative to ``context`` unless absolute."""
+
+    name: str
+    context: Path
+    dockerfile: str | None = None
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    platform: str | None = None
+
+    def dockerfile_path(self) -> Path:
+        df = Path(self.dockerfile or "Dockerfile")
+        return df if df.is_absolute() else Path(self.context) / df
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """One image of this run: the reference every later stage must use, and how it came to be."""
+
+    name: str
+    ref: str
+    image_id: str
+    input_digest: str
+    reused: bool
+    build_seconds: float
+    digest_seconds: float
+    engine: str
+    run_id: str
+    rebuilt_after_stale: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref,
+            "image_id": self.image_id,
+            "input_digest": self.input_digest,
+            "reused": self.reused,
+            "build_seconds": round(self.build_seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """Progress of one build, for CLIs and logs."""
+
+    name: str
+    phase: str  # digest | reuse | build | verify | done | failed
+    message: str
+
+
+EventSink = Callable[[BuildEvent], None]
+
+
+class Builder:
+    """Builds :class:`BuildSpec` values into verified :class:`BuiltImage` values for one run."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        run_id: str,
+        consumer: str,
+        *,
+        registry: str = DEFAULT_REGISTRY,
+        no_cache: bool = False,
+        rebuild_on_stale: bool = False,
+        cache_dir: Path | None = None,
+        on_event: EventSink | None = None,
+        build_timeout: float | None = None,
+    ) -> None:
+        self.engine = engine
+        self.run_id = validate_run_id(run_id)
+        self.consumer = validate_consumer(consumer)
+        self.registry = registry
+        self.no_cache = no_cache
+        self.rebuild_on_stale = rebuild_on_stale
+        self.cache_dir = cache_dir
+        self.on_event = on_event
+        self.build_timeout = build_timeout
+
+    # -- public ----------------------------------------------------------------------------
+    def ref_for(self, spec: BuildSpec) -> str:
+        return image_ref(spec.name, self.consumer, self.run_id, self.registry)
+
+    def digest(self, spec: BuildSpec) -> InputDigest:
+        ctx = Path(spec.context)
+        cache = DigestCache.for_context(ctx, self.cache_dir) if ctx.is_dir() else None
+        return compute_digest(
+            ctx,
+            spec.dockerfile,
+            spec.build_args,
+            spec.target,
+            spec.platform,
+            buildkit=self.engine.info().buildkit,
+            cache=cache,
+        )
+
+    def build(self, spec: BuildSpec) -> BuiltImage:
+        """Build (or reuse) one image and verify it; see the module docstring."""
+        validate_service(spec.name)
+        self._register_secrets(spec.build_args)
+        started = time.monotonic()
+        try:
+            image = self._build(spec, started, no_cache=self.no_cache, attempt=1)
+        except KtiError as exc:
+            self._emit(spec.name, "failed", exc.message.splitlines()[0])
+            raise
+        self._emit(spec.name, "done", f"{image.ref} ({'reused' if image.reused else 'built'} in "
+                                      f"{image.build_seconds:.1f}s)")
+        return image
+
+    def build_many(self, specs: Iterable[BuildSpec], max_workers: int = DEFAULT_PARALLEL) -> dict[str, BuiltImage]:
+        """Build several specs with a bounded pool; every result is a returned value.
+
+        Raises :class:`MultiBuildError` carrying the successes and every failure.
+        """
+        specs = list(specs)
+        names = [s.name for s in specs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"duplicate image names: {', '.join(dupes)}", hint="give each image its own name")
+        if max_workers < 1:
+            raise ConfigError(f"max_workers must be at least 1, not {max_workers}", hint="use 1 for sequential builds")
+        images: dict[str, BuiltImage] = {}
+        errors: dict[str, BaseException] = {}
+        with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kti-build") as pool:
+            futures = {s.name: pool.submit(self.build, s) for s in specs}
+            for name, future in futures.items():
+                try:
+                    images[name] = future.result()
+                except Exception as exc:  # collected, reported together below
+                    errors[name] = exc
+        if errors:
+            raise MultiBuildError(images, errors)
+        return images
+
+    def verify(self, image: BuiltImage) -> None:
+        """Check that ``image.ref`` still resolves to ``image.image_id`` with the expected digest label."""
+        info = self.engine.inspect_image(image.ref)
+        if info is None:
+            raise BuildError(
+                f"image {image.ref} is gone from the {self.engine.name} engine",
+                hint="something removed it (a prune or another run's cleanup?); build again",
+            )
+        if info.id != image.image_id:
+            raise StaleImageError(image.ref, image.input_digest, info.labels.get(LABEL_DIGEST, "<none>"),
+                                  reason=f"the tag now points at {info.id[:19]}, not the built {image.image_id[:19]}")
+        label = info.labels.get(LABEL_DIGEST)
+        if label != image.input_digest:
+            raise StaleImageError(image.ref, image.input_digest, label or "<no label>",
+                                  reason="the image's input-digest label does not match")
+
+    # -- internals -------------------------------------------------------------------------
+    def _build(self, spec: BuildSpec, started: float, *, no_cache: bool, attempt: int) -> BuiltImage:
+        ref = self.ref_for(spec)
+        self._emit(spec.name, "digest", f"digesting {spec.context}")
+        before = self.digest(spec)
+        digest_seconds = before.seconds
+        if not no_cache:
+            reused = self._try_reuse(spec, ref, before, started, digest_seconds)
+            if reused is not None:
+                return reused
+        self._emit(spec.name, "build", f"building {ref} ({before.file_count} files, "
+                                       f"{before.total_bytes / 1e6:.1f} MB){' --no-cache' if no_cache else ''}")
+        image_id = self._run_build(spec, ref, before, no_cache)
+        self._emit(spec.name, "verify", f"verifying {ref}")
+        info = self.engine.inspect_image(ref)
+        if info is None or info.id != image_id:
+            self.engine.untag(ref)
+            raise StaleImageError(ref, before.digest, "<unknown>",
+                                  reason=f"the tag does not resolve to the image the build produced ({image_id[:19]})")
+        if info.labels.get(LABEL_DIGEST) != before.digest:
+            self.engine.untag(ref)
+            raise StaleImageError(ref, before.digest, info.labels.get(LABEL_DIGEST, "<no label>"),
+                                  reason="the built image's input-digest label does not match")
+        after = self.digest(spec)
+        digest_seconds += after.seconds
+        if after.digest != before.digest:
+            self.engine.untag(ref)
+            changed = after.changed_since(before)
+            if self.rebuild_on_stale and attempt == 1:
+                log.warning("%s: sources changed during the build (%s); rebuilding once with --no-cache",
+                            spec.name, ", ".join(changed[:5]))
+                image = self._build(spec, started, no_cache=True, attempt=2)
+                return replace(image, rebuilt_after_stale=True)
+            raise StaleImageError(ref, before.digest, after.digest, changed,
+                                  reason="the sources changed while the build ran")
+        return BuiltImage(
+            name=spec.name, ref=ref, image_id=image_id, input_digest=before.digest, reused=False,
+            build_seconds=time.monotonic() - started, digest_seconds=digest_seconds,
+            engine=self.engine.name, run_id=self.run_id,
+        )
+
+    def _try_reuse(self, spec: BuildSpec, ref: str, digest: InputDigest, started: float,
+                   digest_seconds: float) -> BuiltImage | None:
+        ids = self.engine.image_ids({LABEL_MANAGED: "true", LABEL_DIGEST: digest.digest, LABEL_SERVICE: spec.name})
+        for image_id in ids:
+            try:
+                self.engine.tag(image_id, ref)
+            except CommandError:
+                continue  # removed meanwhile (another run's cleanup): try the next, or build
+            info = self.engine.inspect_image(ref)
+            if info is None or info.id != image_id or info.labels.get(LABEL_DIGEST) != digest.digest:
+                self.engine.untag(ref)
+                continue
+            self._emit(spec.name, "reuse", f"inputs unchanged: retagged {image_id[:19]} as {ref}")
+            return BuiltImage(
+                name=spec.name, ref=ref, image_id=image_id, input_digest=digest.digest, reused=True,
+                build_seconds=time.monotonic() - started, digest_seconds=digest_seconds,
+                engine=self.engine.name, run_id=self.run_id,
+            )
+        return None
+
+    def _run_build(self, spec: BuildSpec, ref: str, digest: InputDigest, no_cache: bool) -> str:
+        labels = {
+            LABEL_MANAGED: "true",
+            LABEL_DIGEST: digest.digest,
+            LABEL_RUN: self.run_id,
+            LABEL_SERVICE: spec.name,
+            LABEL_CONSUMER: self.consumer,
+            **self._provenance(Path(spec.context)),
+        }
+        fd, iidfile = tempfile.mkstemp(prefix="kti-iid-", suffix=".txt")
+        os.close(fd)
+        try:
+            req = BuildRequest(
+                context=str(Path(spec.context).resolve()),
+                dockerfile=str(spec.dockerfile_path().resolve()),
+                tags=(ref,),
+                build_args=dict(spec.build_args),
+                labels=labels,
+                target=spec.target,
+                platform=spec.platform,
+                no_cache=no_cache,
+                iidfile=iidfile,
+            )
+            result = self.engine.build(req, timeout=self.build_timeout)
+            if result.returncode != 0:
+                self.engine.untag(ref)  # nothing of a failed build keeps our name
+                raise BuildError(
+                    f"building {spec.name} ({ref}) failed with exit {result.returncode}",
+                    hint=f"fix the step shown above in {spec.dockerfile_path()}; re-run with -v for the full log",
+                    log_tail=tail_lines(result.stdout + "\n" + result.stderr, 25),
+                )
+            image_id = Path(iidfile).read_text().strip()
+        finally:
+            Path(iidfile).unlink(missing_ok=True)
+        if not image_id:
+            raise BuildError(f"the {self.engine.name} build of {ref} reported no image id",
+                             hint="check the engine with 'kti doctor'")
+        return image_id
+
+    def _provenance(self, context: Path) -> dict[str, str]:
+        labels: dict[str, str] = {}
+        head = self._git(context, "rev-parse", "HEAD")
+        if head:
+            labels[LABEL_REVISION] = head
+        source = self._git(context, "remote", "get-url", "origin")
+        labels[LABEL_SOURCE] = Redactor().text(source) if source else f"file://{context.resolve()}"
+        return labels
+
+    def _git(self, context: Path, *args: str) -> str:
+        try:
+            result = self.engine.runner.run(["git", "-C", str(context), *args], check=False, timeout=10)
+        except CommandError:  # git not installed: provenance is best effort
+            return ""
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    def _register_secrets(self, build_args: Mapping[str, str]) -> None:
+        redactor = getattr(self.engine.runner, "redactor", None)
+        if isinstance(redactor, Redactor):
+            for key, value in build_args.items():
+                if Redactor().arg(f"{key}={value}") != f"{key}={value}":
+                    redactor.add(value)
+
+    def _emit(self, name: str, phase: str, message: str) -> None:
+        log.info("%s: %s", name, message)
+        if self.on_event is not None:
+            self.on_event(BuildEvent(name, phase, message))
+
+

@@ -1,0 +1,134 @@
+"""``kti``: the command line. A thin edge: it parses options and calls the library.
+
+stdout carries results only (``--json`` prints one JSON document and nothing else); progress, logs
+and errors go to stderr. Exit codes: 0 ok, 1 failure (a typed error with a hint), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kubetest_infra.build import Builder, BuildEvent, BuildSpec
+from kubetest_infra.cleanup import gc, parse_age, remove_run_images
+from kubetest_infra.doctor import run_checks
+from kubetest_infra.engine import get_engine
+from kubetest_infra.errors import ConfigError, KtiError
+from kubetest_infra.tags import DEFAULT_REGISTRY, resolve_run_id
+
+
+def _parse_build_arg(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kti", description="kubetest-infra: E2E test infrastructure on Kind")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: commands)")
+    parser.add_argument("--engine", help="docker | podman | auto (default: $KTI_ENGINE or auto)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build one image with a DD-TEST-001 unique tag, verified")
+    b.add_argument("--context", required=True, type=Path, help="build context directory")
+    b.add_argument("--name", required=True, help="service (image) name, e.g. datastorage")
+    b.add_argument("--consumer", required=True, help="the suite using the image (first part of the tag)")
+    b.add_argument("--dockerfile", help="Dockerfile path, relative to the context (default: Dockerfile)")
+    b.add_argument("--build-arg", action="append", default=[], type=_parse_build_arg, metavar="K=V")
+    b.add_argument("--target", help="build stage")
+    b.add_argument("--platform", help="e.g. linux/amd64")
+    b.add_argument("--registry", default=DEFAULT_REGISTRY, help="registry prefix (default: localhost)")
+    b.add_argument("--run-id", help="run id (default: $KTI_RUN_ID, else random)")
+    b.add_argument("--no-cache", action="store_true", help="never reuse an image or the build cache")
+    b.add_argument("--rebuild-on-stale", action="store_true", help="one automatic --no-cache rebuild if stale")
+    b.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    sub.add_parser("doctor", help="check engine, kind, kubectl and disk space")
+
+    g = sub.add_parser("gc", help="remove our labelled images not used for a while")
+    g.add_argument("--older-than", default="24h", help="age such as 30m, 12h, 7d (default 24h)")
+    g.add_argument("--dry-run", action="store_true", help="list what would be removed")
+
+    c = sub.add_parser("clean", help="remove the image tags of one run")
+    c.add_argument("--run-id", required=True)
+    return parser
+
+
+def _progress(event: BuildEvent) -> None:
+    print(f"[{event.name}] {event.phase}: {event.message}", file=sys.stderr, flush=True)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    engine = get_engine(args.engine)
+    run_id = resolve_run_id(args.run_id)
+    if not args.name.strip():
+        raise ConfigError("--name is empty", hint="give the service name, e.g. --name datastorage")
+    builder = Builder(engine, run_id, args.consumer, registry=args.registry, no_cache=args.no_cache,
+                      rebuild_on_stale=args.rebuild_on_stale, on_event=_progress)
+    spec = BuildSpec(name=args.name, context=args.context, dockerfile=args.dockerfile,
+                     build_args=dict(args.build_arg), target=args.target, platform=args.platform)
+    image = builder.build(spec)
+    if args.json:
+        print(json.dumps({"images": {image.name: image.to_json()}}, indent=2))
+    else:
+        state = "reused" if image.reused else "built"
+        print(f"{image.ref}\t{state}\t{image.image_id}\t{image.input_digest}\t{image.build_seconds:.1f}s")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks = run_checks(args.engine)
+    failed = False
+    for check in checks:
+        mark = "ok  " if check.ok else ("FAIL" if check.required else "warn")
+        print(f"{mark} {check.name:<24} {check.detail}")
+        if not check.ok and check.hint:
+            print(f"     Hint: {check.hint}")
+        failed = failed or (check.required and not check.ok)
+    return 1 if failed else 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    result = gc(get_engine(args.engine), parse_age(args.older_than), dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for ref in result.removed:
+        print(f"{verb} {ref}")
+    for ref in result.failed:
+        print(f"kept {ref} (in use by a container?)", file=sys.stderr)
+    print(f"{verb} {len(result.removed)} image tag(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    result = remove_run_images(get_engine(args.engine), args.run_id)
+    for ref in result.removed:
+        print(f"removed {ref}")
+    for ref in result.failed:
+        print(f"kept {ref} (in use by a container?)", file=sys.stderr)
+    return 0 if not result.failed else 1
+
+
+COMMANDS = {"build": cmd_build, "doctor": cmd_doctor, "gc": cmd_gc, "clean": cmd_clean}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except KtiError as exc:
+        print(f"kti {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"kti {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

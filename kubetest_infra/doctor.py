@@ -1,0 +1,74 @@
+"""``kti doctor``: what this machine has for kubetest-infra, each problem with a hint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubetest_infra.engine import get_engine
+from kubetest_infra.errors import KtiError
+from kubetest_infra.runner import Runner, SubprocessRunner
+
+MIN_FREE_GB = 10.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+    required: bool = True
+
+
+def _version(runner: Runner, argv: list[str]) -> str:
+    try:
+        result = runner.run(argv, check=False, timeout=20)
+    except KtiError:
+        return ""
+    text = (result.stdout or result.stderr).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _tool(runner: Runner, name: str, argv: list[str], hint: str, required: bool) -> Check:
+    path = shutil.which(name)
+    if path is None:
+        return Check(name, False, "not found on PATH", hint, required)
+    return Check(name, True, f"{path}: {_version(runner, argv) or 'version unknown'}", required=required)
+
+
+def _disk(label: str, path: str) -> Check:
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError as exc:
+        return Check(f"disk ({label})", False, f"{path}: {exc.strerror}", "check the path", required=False)
+    free = usage.free / 1e9
+    ok = free >= MIN_FREE_GB
+    return Check(f"disk ({label})", ok, f"{path}: {free:.1f} GB free of {usage.total / 1e9:.0f} GB",
+                 "" if ok else f"free space: images and Kind nodes need about {MIN_FREE_GB:.0f} GB "
+                 "(try 'kti gc --older-than 1d')", required=False)
+
+
+def run_checks(engine_name: str | None = None, runner: Runner | None = None) -> list[Check]:
+    runner = runner or SubprocessRunner()
+    checks: list[Check] = []
+    root = ""
+    try:
+        engine = get_engine(engine_name, runner)
+        info = engine.info()
+        root = info.root_dir
+        builder = "BuildKit" if info.buildkit else "classic builder (no buildx plugin)"
+        checks.append(Check("engine", True, f"{info.name} {info.version}, {builder}"))
+    except KtiError as exc:
+        checks.append(Check("engine", False, exc.message, exc.hint))
+    checks.append(_tool(runner, "kind", ["kind", "version"],
+                        "install kind (go install sigs.k8s.io/kind@v0.30.0; here: hack/lab/build)", False))
+    checks.append(_tool(runner, "kubectl", ["kubectl", "version", "--client"],
+                        "install kubectl (here the lab builds one: hack/lab/build)", False))
+    checks.append(_tool(runner, "git", ["git", "--version"], "install git for image provenance labels", False))
+    if root and os.path.isdir(root):
+        checks.append(_disk("engine storage", root))
+    checks.append(_disk("working directory", str(Path.cwd())))
+    return checks
