@@ -89,7 +89,7 @@ class DigestCache:
         return hit[1] if hit is not None and hit[0] == st else None
 
     def put(self, rel: str, st: _Stat, sha: str, scan_started_ns: int) -> None:
-        if max(st.mtime_ns, st.ctime_ns) >= scan_started_ns - _RACY_NS:
+        if st.mtime_ns >= scan_started_ns - _RACY_NS:
             self._entries.pop(rel, None)
             return
         self._entries[rel] = (st, sha)
@@ -179,6 +179,19 @@ def _walk(context: Path, matcher: Matcher) -> tuple[list[_Found], bool]:
     return found, saw_any
 
 
+def _check_context(ctx: Path) -> Path:
+    try:
+        if not ctx.exists():
+            raise ContextError(f"build context {ctx} does not exist", hint="pass an existing directory as context")
+        if not ctx.is_dir():
+            raise ContextError(f"build context {ctx} is not a directory",
+                               hint="the context is the directory sent to the engine; pass its path")
+        return ctx.resolve(strict=True)
+    except OSError as exc:
+        raise ContextError(f"cannot access build context {ctx}: {exc.strerror}",
+                           hint="check the permissions of the directory and its parents") from exc
+
+
 def _hash_file(path: str) -> str:
     h = hashlib.sha256()
     try:
@@ -211,13 +224,7 @@ def compute_digest(
     """
     started = time.perf_counter()
     scan_started_ns = time.time_ns()
-    ctx = Path(context)
-    if not ctx.exists():
-        raise ContextError(f"build context {ctx} does not exist", hint="pass an existing directory as context")
-    if not ctx.is_dir():
-        raise ContextError(f"build context {ctx} is not a directory",
-                           hint="the context is the directory sent to the engine; pass its path")
-    ctx = ctx.resolve()
+    ctx = _check_context(Path(context))
     df = Path(dockerfile) if dockerfile is not None else Path("Dockerfile")
     df = df if df.is_absolute() else ctx / df
     if not df.is_file():

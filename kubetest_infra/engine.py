@@ -110,9 +110,10 @@ class Engine:
         if not refs:
             return []
         result = self.run("image", "inspect", *refs, check=False)
+        # With some refs missing, docker still prints the found ones and exits 1.
         if result.returncode != 0 and not result.stdout.strip().startswith("["):
-            if "no such" in result.stderr.lower() or "not known" in result.stderr.lower():
-                # One missing ref fails the whole call: fall back to one at a time.
+            lowered = result.stderr.lower()
+            if "no such" in lowered or "not known" in lowered:
                 if len(refs) == 1:
                     return []
                 return [i for r in refs for i in self.inspect_images([r])]
