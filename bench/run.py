@@ -78,7 +78,8 @@ SERVICE_DOCKERFILE = """ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 WORKDIR /app
 COPY . /app
-RUN python3 -m compileall -q /app && python3 -c "import hashlib,pathlib; [hashlib.sha256(p.read_bytes()).hexdigest() for p in pathlib.Path('/app').rglob('*.py')]"
+RUN python3 -m compileall -q /app && \\
+    python3 -c "import hashlib,pathlib; [hashlib.sha256(p.read_bytes()) for p in pathlib.Path('/app').rglob('*.py')]"
 """
 
 

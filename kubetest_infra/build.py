@@ -38,7 +38,7 @@ from kubetest_infra.errors import (
     StaleImageError,
     tail_lines,
 )
-from kubetest_infra.runner import Redactor
+from kubetest_infra.runner import Redactor, is_secret_key
 from kubetest_infra.tags import (
     DEFAULT_REGISTRY,
     image_ref,
@@ -330,9 +330,7 @@ class Builder:
     def _register_secrets(self, build_args: Mapping[str, str]) -> None:
         redactor = getattr(self.engine.runner, "redactor", None)
         if isinstance(redactor, Redactor):
-            for key, value in build_args.items():
-                if Redactor().arg(f"{key}={value}") != f"{key}={value}":
-                    redactor.add(value)
+            redactor.add(*(value for key, value in build_args.items() if is_secret_key(key)))
 
     def _emit(self, name: str, phase: str, message: str) -> None:
         log.info("%s: %s", name, message)

@@ -277,8 +277,8 @@ def compute_digest(
             entries[f.rel] = f"{f.kind} {os.major(f.st.st_rdev)}:{os.minor(f.st.st_rdev)}"
     try:
         rel_df = df.relative_to(ctx).as_posix()
-    except ValueError:
-        rel_df = str(df)
+    except ValueError:  # outside the context: its name and content count, not the machine's path
+        rel_df = f"<outside>/{df.name}"
     entries["<dockerfile>"] = f"{rel_df} {_hash_file(str(df))}"
     args = json.dumps(sorted((build_args or {}).items()), separators=(",", ":"))
     entries["<build-args>"] = hashlib.sha256(args.encode()).hexdigest()

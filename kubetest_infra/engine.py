@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal, cast
 
 from kubetest_infra.errors import CommandError, EngineUnavailableError, UnknownEngineError
-from kubetest_infra.runner import Command, CommandResult, Runner, SubprocessRunner
+from kubetest_infra.runner import Command, CommandResult, Runner, SubprocessRunner, is_secret_key
 
 EngineName = Literal["docker", "podman"]
 ENGINES: tuple[EngineName, ...] = ("docker", "podman")
@@ -137,7 +137,10 @@ class Engine:
         """The argv (without the binary) for one build: a pure function, unit-tested."""
         argv = Command(["build", "-f", req.dockerfile])
         argv.add_repeated("-t", req.tags)
-        argv.add_repeated("--build-arg", [f"{k}={v}" for k, v in sorted(req.build_args.items())])
+        # Secret-looking args are passed by name only; their values travel in the environment
+        # (docker and podman read `--build-arg KEY` from it), so they never show up in `ps`.
+        argv.add_repeated("--build-arg", [k if is_secret_key(k) else f"{k}={v}"
+                                          for k, v in sorted(req.build_args.items())])
         argv.add_repeated("--label", [f"{k}={v}" for k, v in sorted(req.labels.items())])
         argv.add_option("--target", req.target)
         argv.add_option("--platform", req.platform)
@@ -150,13 +153,14 @@ class Engine:
         argv.append(req.context)
         return argv
 
-    def build_env(self) -> dict[str, str]:
-        if self.name != "docker":
-            return {}
-        return {"DOCKER_BUILDKIT": "1" if self.info().buildkit else "0"}
+    def build_env(self, req: BuildRequest | None = None) -> dict[str, str]:
+        env = {k: v for k, v in (req.build_args if req else {}).items() if is_secret_key(k)}
+        if self.name == "docker":
+            env["DOCKER_BUILDKIT"] = "1" if self.info().buildkit else "0"
+        return env
 
     def build(self, req: BuildRequest, timeout: float | None = None) -> CommandResult:
-        return self.run(*self.build_argv(req), timeout=timeout, env=self.build_env(), check=False)
+        return self.run(*self.build_argv(req), timeout=timeout, env=self.build_env(req), check=False)
 
     def tag(self, source: str, target: str) -> None:
         self.run("tag", source, target)

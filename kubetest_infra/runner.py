@@ -28,6 +28,11 @@ _SECRET_KEY = re.compile(r"(pass(word|wd)?|secret|token|api[_-]?key|credential|a
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<cred>[^/@\s:]+(:[^/@\s]*)?)@", re.I)
 
 
+def is_secret_key(key: str) -> bool:
+    """Does a KEY of KEY=VALUE name a secret (password, token, API key, credentials…)?"""
+    return bool(_SECRET_KEY.search(key))
+
+
 @dataclass(frozen=True)
 class CommandResult:
     """What a finished command returned (output already redacted)."""
@@ -72,7 +77,7 @@ class Redactor:
 
     def arg(self, arg: str) -> str:
         key, sep, value = arg.partition("=")
-        if sep and value and _SECRET_KEY.search(key):
+        if sep and value and is_secret_key(key):
             return f"{key}={REDACTED}"
         return self.text(arg)
 

@@ -293,3 +293,15 @@ def test_gc_only_touches_our_old_images(make_builder: BuilderFactory, engine: En
     kept = gc(engine, parse_age("1000d"))
     assert image.ref not in kept.removed
     assert engine.inspect_image(image.ref) is not None
+
+
+def test_secret_build_args_reach_the_build_but_never_our_errors(make_builder: BuilderFactory, busybox: str,
+                                                                 tmp_path: Path) -> None:
+    secret = f"s3cret-{token()}"
+    ctx = write_context(tmp_path / "svc", {"app.txt": token()},
+                        f"FROM {busybox}\nARG API_TOKEN\nRUN echo \"token is $API_TOKEN\" && exit 4\n")
+    with pytest.raises(BuildError) as info:
+        make_builder().build(BuildSpec("secretapp", ctx, build_args={"API_TOKEN": secret}))
+    text = str(info.value)
+    assert "token is ***" in text  # the value reached the RUN step, and was redacted in our error
+    assert secret not in text

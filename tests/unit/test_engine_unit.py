@@ -89,3 +89,12 @@ def test_inspect_podman_style_failure_falls_back_per_ref() -> None:
     runner.on(["podman", "image", "inspect", "missing:1"], returncode=125, stderr="Error: missing:1: image not known")
     infos = Engine("podman", runner).inspect_images(["localhost/a:t", "missing:1"])
     assert [i.labels for i in infos] == [{"y": "2"}]
+
+
+def test_secret_build_args_travel_in_the_environment_not_argv() -> None:
+    engine, _ = docker(buildkit=False)
+    req = BuildRequest(context="/c", dockerfile="/c/D", tags=("a:b",), build_args={"DB_PASSWORD": "hunter2", "X": "1"})
+    argv = engine.build_argv(req)
+    assert "DB_PASSWORD" in argv and "X=1" in argv
+    assert not any("hunter2" in a for a in argv)
+    assert engine.build_env(req)["DB_PASSWORD"] == "hunter2"
