@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kubetest_infra.render import DriftError, ImagePath, ManifestError, load_manifests, render
+
+DS = "localhost/datastorage:gateway-0123456789ab"
+MIG = "localhost/migrations:gateway-0123456789ab"
+
+DEPLOY = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: datastorage}
+spec:
+  template:
+    spec:
+      initContainers:
+      - {name: wait, image: "busybox:1.36"}
+      containers:
+      - name: datastorage
+        image: ${image:datastorage}
+        env:
+        - {name: MIGRATIONS_IMAGE, value: "${image:migrations}"}
+"""
+
+
+def load(tmp_path: Path, text: str, name: str = "m.yaml") -> tuple[list, list]:  # type: ignore[type-arg]
+    (tmp_path / name).write_text(text)
+    return load_manifests([tmp_path / name])
+
+
+def test_placeholders_are_substituted_everywhere_and_pull_policy_set(tmp_path: Path) -> None:
+    objs, srcs = load(tmp_path, DEPLOY)
+    out = render(objs, srcs, {"datastorage": DS, "migrations": MIG})
+    spec = out.objects[0]["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    assert c["image"] == DS
+    assert c["imagePullPolicy"] == "Never"
+    assert c["env"][0]["value"] == MIG
+    assert "imagePullPolicy" not in spec["initContainers"][0]  # external image: pulled as usual
+    assert {s.image for s in out.substitutions} == {"datastorage", "migrations"}
+    assert out.unused == ()
+    assert "${image:" in objs[0]["spec"]["template"]["spec"]["containers"][0]["image"], "input not mutated"
+
+
+def test_the_kubernaut_bug_is_refused_with_both_references(tmp_path: Path) -> None:
+    pregenerated = "localhost/datastorage:gateway-1884d074"
+    objs, srcs = load(tmp_path, DEPLOY.replace("${image:datastorage}", pregenerated))
+    with pytest.raises(DriftError) as info:
+        render(objs, srcs, {"datastorage": DS, "migrations": MIG})
+    text = str(info.value)
+    assert pregenerated in text
+    assert DS in text
+    assert "did not build" in text
+    assert "Hint:" in text
+
+
+def test_latest_untagged_and_unknown_placeholders_are_all_reported(tmp_path: Path) -> None:
+    text = DEPLOY.replace("busybox:1.36", "busybox").replace("${image:migrations}", "${image:nope}")
+    text = text.replace("${image:datastorage}", "redis:latest")
+    objs, srcs = load(tmp_path, text)
+    with pytest.raises(DriftError) as info:
+        render(objs, srcs, {"datastorage": DS, "migrations": MIG})
+    problems = info.value.problems
+    assert len(problems) == 3
+    assert any("'busybox' has no tag" in p for p in problems)
+    assert any("latest" in p for p in problems)
+    assert any("${image:nope}" in p and "datastorage, migrations" in p for p in problems)
+    assert all("m.yaml (document 1)" in p for p in problems)
+
+
+def test_container_name_matching_only_for_empty_or_untagged(tmp_path: Path) -> None:
+    text = """
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  containers:
+  - {name: datastorage, image: localhost/datastorage}
+  - {name: migrations}
+"""
+    objs, srcs = load(tmp_path, text)
+    out = render(objs, srcs, {"datastorage": DS, "migrations": MIG})
+    images = [c["image"] for c in out.objects[0]["spec"]["containers"]]
+    assert images == [DS, MIG]
+    with pytest.raises(DriftError):
+        render(objs, srcs, {"datastorage": DS, "migrations": MIG}, match_container_names=False)
+
+
+def test_json_paths_for_custom_resources(tmp_path: Path) -> None:
+    text = """
+apiVersion: example.com/v1
+kind: Agent
+metadata: {name: a}
+spec:
+  sidecars:
+  - {image: placeholder}
+  - {image: placeholder}
+"""
+    objs, srcs = load(tmp_path, text)
+    paths = [ImagePath("Agent", "spec.sidecars[*].image", "datastorage")]
+    out = render(objs, srcs, {"datastorage": DS}, image_paths=paths)
+    assert [s["image"] for s in out.objects[0]["spec"]["sidecars"]] == [DS, DS]
+    with pytest.raises(DriftError, match="not found"):
+        render(objs, srcs, {"datastorage": DS}, image_paths=[ImagePath("Agent", "spec.nothing", "datastorage")])
+
+
+def test_unused_built_image_is_reported(tmp_path: Path) -> None:
+    objs, srcs = load(tmp_path, DEPLOY.replace("${image:migrations}", "x"))
+    out = render(objs, srcs, {"datastorage": DS, "migrations": MIG, "extra": "localhost/extra:g-1"})
+    assert out.unused == ("extra", "migrations")
+    assert any("extra" in w for w in out.warnings)
+
+
+def test_malformed_yaml_names_file_and_document(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\nkind: [unclosed\n")
+    with pytest.raises(ManifestError, match=r"bad.yaml \(document 2\)") as info:
+        load_manifests([tmp_path / "bad.yaml"])
+    assert "Hint:" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [("- a\n- b\n", "must be a mapping"), ("kind: ConfigMap\nmetadata: {name: a}\n", "missing apiVersion"),
+     ("apiVersion: v1\nkind: ConfigMap\n", "without metadata.name")],
+)
+def test_not_an_object(tmp_path: Path, text: str, fragment: str) -> None:
+    (tmp_path / "x.yaml").write_text(text)
+    with pytest.raises(ManifestError, match=fragment):
+        load_manifests([tmp_path / "x.yaml"])
+
+
+def test_directories_lists_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "b.yaml").write_text(
+        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: x}}\n")
+    (tmp_path / "a.yml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n---\n")
+    objs, _ = load_manifests([tmp_path])
+    assert [o["kind"] for o in objs] == ["Namespace", "ConfigMap"]
+    with pytest.raises(ManifestError, match="does not exist"):
+        load_manifests([tmp_path / "missing.yaml"])
