@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from kubetest_infra.build import LABEL_MANAGED
+from kubetest_infra.build import LABEL_MANAGED, LABEL_RUN
 from kubetest_infra.engine import Engine, ImageInfo
 from kubetest_infra.errors import ConfigError
 from kubetest_infra.tags import validate_run_id
@@ -39,9 +39,11 @@ def run_refs(images: list[ImageInfo], run_id: str) -> list[str]:
 
 
 def remove_run_images(engine: Engine, run_id: str) -> Removal:
-    """Remove every tag this run put on our images."""
+    """Remove every tag this run put on our images, and images this run built that lost all tags."""
     validate_run_id(run_id)
-    return _untag_all(engine, run_refs(managed_images(engine), run_id))
+    images = managed_images(engine)
+    orphans = [i.id for i in images if not i.repo_tags and i.labels.get(LABEL_RUN) == run_id]
+    return _untag_all(engine, run_refs(images, run_id) + orphans)
 
 
 def parse_age(text: str) -> timedelta:

@@ -144,9 +144,14 @@ def test_verify_detects_a_tag_that_no_longer_matches(make_builder: BuilderFactor
     other = write_context(tmp_path / "other", {"x": token()}, f"FROM {busybox}\nCOPY x /x\n")
     subprocess.run([engine.binary, "build", "-q", "-t", image.ref, str(other)], check=True, capture_output=True,
                    env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    intruder = engine.inspect_image(image.ref)
+    assert intruder is not None
     with pytest.raises(StaleImageError, match="the tag now points at"):
         builder.verify(image)
-    engine.untag(image.ref)
+    engine.untag(intruder.id)
+    # our own image lost its tag: cleanup still finds it by its run-id label
+    assert image.image_id in remove_run_images(engine, builder.run_id).removed
+    assert engine.inspect_image(image.image_id) is None
 
 
 def test_concurrent_runs_get_distinct_tags_and_cleanup_is_isolated(make_builder: BuilderFactory, engine: Engine,
