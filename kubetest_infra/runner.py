@@ -58,6 +58,10 @@ class Runner(Protocol):
         cwd: str | None = None,
     ) -> CommandResult: ...
 
+    def pipe(self, producer: Sequence[str], consumer: Sequence[str], *, timeout: float | None = None) -> CommandResult:
+        """Stream ``producer``'s stdout into ``consumer``'s stdin (no temp file); raise if either fails."""
+        ...
+
 
 @dataclass
 class Redactor:
@@ -138,6 +142,48 @@ class SubprocessRunner:
         if check and result.returncode != 0:
             raise CommandError(result.argv, result.returncode, result.stdout, result.stderr)
         return result
+
+
+    def pipe(self, producer: Sequence[str], consumer: Sequence[str], *, timeout: float | None = None) -> CommandResult:
+        shown_p, shown_c = self.redactor.argv(producer), self.redactor.argv(consumer)
+        log.debug("pipe: %s | %s", " ".join(shown_p), " ".join(shown_c))
+        started = time.monotonic()
+        try:
+            prod = subprocess.Popen(list(producer), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except FileNotFoundError as exc:
+            raise CommandError(shown_p, 127, "", f"{producer[0]}: command not found",
+                               hint=f"install {producer[0]} or put it on PATH") from exc
+        try:
+            cons = subprocess.Popen(list(consumer), stdin=prod.stdout, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        except FileNotFoundError as exc:
+            prod.kill()
+            prod.wait()
+            raise CommandError(shown_c, 127, "", f"{consumer[0]}: command not found",
+                               hint=f"install {consumer[0]} or put it on PATH") from exc
+        assert prod.stdout is not None
+        prod.stdout.close()  # the consumer holds the only read end: a dying consumer stops the producer
+        try:
+            out, err = cons.communicate(timeout=timeout)
+            prod_err = prod.stderr.read() if prod.stderr else b""
+            prod.wait(timeout=30)
+        except subprocess.TimeoutExpired as exc:
+            for proc in (prod, cons):
+                proc.kill()
+                proc.wait()
+            raise CommandError((*shown_p, "|", *shown_c), -1, "", f"timed out after {timeout} s",
+                               hint="the transfer hung; check the engine and the node") from exc
+        finally:
+            if prod.stderr:
+                prod.stderr.close()
+        seconds = time.monotonic() - started
+        if prod.returncode != 0:
+            raise CommandError(shown_p, prod.returncode, "", self.redactor.text(_decode(prod_err)))
+        if cons.returncode != 0:
+            raise CommandError(shown_c, cons.returncode, self.redactor.text(_decode(out)),
+                               self.redactor.text(_decode(err)))
+        return CommandResult((*shown_p, "|", *shown_c), 0, self.redactor.text(_decode(out)),
+                             self.redactor.text(_decode(err)), seconds)
 
 
 def _decode(data: bytes | str | None) -> str:

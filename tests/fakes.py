@@ -40,3 +40,6 @@ class RecordingRunner:
                     raise CommandError(call, code, out, err)
                 return CommandResult(call, code, out, err, 0.0)
         raise AssertionError(f"unexpected command: {call}")
+
+    def pipe(self, producer: Sequence[str], consumer: Sequence[str], *, timeout: float | None = None) -> CommandResult:
+        return self.run([*producer, "|", *consumer], timeout=timeout)

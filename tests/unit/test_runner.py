@@ -57,3 +57,15 @@ def test_command_builder_skips_none() -> None:
     argv = Command(["build"]).add_option("--target", None).add_option("-f", "D").add_flag("--x", False)
     assert argv == ["build", "-f", "D"]
     assert Command(["a"]).add_repeated("-t", ["x", "y"]) == ["a", "-t", "x", "-t", "y"]
+
+
+def test_pipe_streams_between_processes() -> None:
+    res = SubprocessRunner().pipe(["python3", "-c", "print('x' * 100000)"], ["wc", "-c"])
+    assert res.stdout.strip() == "100001"
+
+
+def test_pipe_reports_the_failing_side() -> None:
+    with pytest.raises(CommandError, match="exit 3"):
+        SubprocessRunner().pipe(["python3", "-c", "import sys; sys.exit(3)"], ["cat"])
+    with pytest.raises(CommandError, match="exit 4"):
+        SubprocessRunner().pipe(["echo", "hi"], ["python3", "-c", "import sys; sys.exit(4)"])
