@@ -1,0 +1,149 @@
+"""Loading built images into every node of a Kind cluster, verified.
+
+For each node, concurrently:
+
+- the node already resolves the reference to the expected image id → nothing to do (``present``);
+- the node has the image id under another name (a reused image, retagged by a new run) → tag it in
+  the node's containerd (``retagged``): no bytes move;
+- otherwise the image is streamed: ``docker save REF | docker exec -i NODE ctr -n k8s.io images import``
+  with no temp file (``loaded``). Podman goes through an archive (``podman save -o``), removed after.
+
+Then every node must resolve the exact reference to the expected image id (``crictl inspecti``), or a
+:class:`LoadError` names the node and both ids. Per-node timings come back as values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+from kubetest_infra.build import BuiltImage
+from kubetest_infra.engine import Engine
+from kubetest_infra.errors import CommandError, KtiError
+
+Action = Literal["present", "retagged", "loaded"]
+
+
+class LoadError(KtiError):
+    """An image did not reach a node intact."""
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    node: str
+    action: Action
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    ref: str
+    image_id: str
+    nodes: tuple[NodeLoad, ...]
+    seconds: float
+
+    @property
+    def transferred(self) -> bool:
+        return any(n.action == "loaded" for n in self.nodes)
+
+
+class Loader:
+    """Loads images into Kind nodes through the run's engine."""
+
+    def __init__(self, engine: Engine, snapshotter: str = "overlayfs", timeout: float = 600) -> None:
+        self.engine = engine
+        self.snapshotter = snapshotter
+        self.timeout = timeout
+
+    def node_image_id(self, node: str, ref: str) -> str | None:
+        """The image id (config digest) the node's CRI resolves ``ref`` to, or None."""
+        res = self.engine.run("exec", node, "crictl", "inspecti", "-o", "json", ref, check=False, timeout=60)
+        if res.returncode != 0:
+            return None
+        try:
+            return str(json.loads(res.stdout)["status"]["id"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def node_tags(self, node: str, image_id: str) -> list[str]:
+        res = self.engine.run("exec", node, "crictl", "inspecti", "-o", "json", image_id, check=False, timeout=60)
+        if res.returncode != 0:
+            return []
+        try:
+            return list(json.loads(res.stdout)["status"].get("repoTags") or [])
+        except (ValueError, KeyError, TypeError):
+            return []
+
+    def load(self, image: BuiltImage, nodes: Sequence[str]) -> LoadedImage:
+        """Load one image into ``nodes`` (all concurrently) and verify every node."""
+        if not nodes:
+            raise LoadError(f"no nodes to load {image.ref} into", hint="create the cluster first")
+        started = time.monotonic()
+        local = self.engine.inspect_image(image.ref)
+        if local is None or local.id != image.image_id:
+            raise LoadError(
+                f"{image.ref} does not resolve to the built image {image.image_id[:19]} in the {self.engine.name} "
+                f"engine (found {local.id[:19] if local else 'nothing'})",
+                hint="the tag was removed or overwritten after the build; build again and load the returned ref")
+        archive: str | None = None
+        try:
+            if self.engine.name == "podman":
+                archive = self._save_archive(image.ref)
+            with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="kti-load") as pool:
+                results = list(pool.map(lambda n: self._load_node(image, n, archive), nodes))
+        finally:
+            if archive:
+                os.unlink(archive)
+        self.verify(image, nodes)
+        return LoadedImage(image.ref, image.image_id, tuple(results), time.monotonic() - started)
+
+    def load_many(self, images: Sequence[BuiltImage], nodes: Sequence[str]) -> dict[str, LoadedImage]:
+        return {img.name: self.load(img, nodes) for img in images}
+
+    def verify(self, image: BuiltImage, nodes: Sequence[str]) -> None:
+        bad = []
+        for node in nodes:
+            found = self.node_image_id(node, image.ref)
+            if found != image.image_id:
+                bad.append(f"{node}: {found or 'missing'}")
+        if bad:
+            raise LoadError(f"{image.ref} (expected {image.image_id}) is not intact on: " + "; ".join(bad),
+                            hint="load it again; if it keeps failing check the node's disk ('kti doctor')")
+
+    def _load_node(self, image: BuiltImage, node: str, archive: str | None) -> NodeLoad:
+        t0 = time.monotonic()
+        if self.node_image_id(node, image.ref) == image.image_id:
+            return NodeLoad(node, "present", time.monotonic() - t0)
+        others = [t for t in self.node_tags(node, image.image_id) if t != image.ref]
+        if others:
+            res = self.engine.run("exec", node, "ctr", "-n", "k8s.io", "images", "tag", "--force", others[0],
+                                  image.ref, check=False, timeout=60)
+            if res.returncode == 0 and self.node_image_id(node, image.ref) == image.image_id:
+                return NodeLoad(node, "retagged", time.monotonic() - t0)
+        importer = [self.engine.binary, "exec", "-i", node, "ctr", "-n", "k8s.io", "images", "import",
+                    "--digests", f"--snapshotter={self.snapshotter}", "-"]
+        try:
+            if archive is None:
+                self.engine.runner.pipe([self.engine.binary, "save", image.ref], importer, timeout=self.timeout)
+            else:
+                self.engine.runner.pipe(["cat", archive], importer, timeout=self.timeout)
+        except CommandError as exc:
+            raise LoadError(f"loading {image.ref} into node {node} failed: {exc.message}",
+                            hint="check the node is running ('kind get nodes') and has disk space") from exc
+        return NodeLoad(node, "loaded", time.monotonic() - t0)
+
+    def _save_archive(self, ref: str) -> str:
+        fd, path = tempfile.mkstemp(prefix="kti-image-", suffix=".tar")
+        os.close(fd)
+        try:
+            self.engine.run("save", "--format", "docker-archive", "-o", path, ref, timeout=self.timeout)
+        except BaseException:
+            os.unlink(path)
+            raise
+        return path
