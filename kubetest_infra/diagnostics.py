@@ -18,6 +18,7 @@ being diagnosed.
 from __future__ import annotations
 
 import time
+from functools import partial
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def collect(
     core, apps, batch = client.CoreV1Api(api_client), client.AppsV1Api(api_client), client.BatchV1Api(api_client)
     ser = api_client.sanitize_for_serialization
 
-    def attempt(what: str, fn: Callable[[], None]) -> None:
+    def attempt(what: str, fn: Callable[[], object]) -> None:
         try:
             fn()
         except Exception as exc:  # best effort: note it and go on
@@ -63,17 +64,20 @@ def collect(
             attempt(f"read {t}", lambda t=t: _dump(root / "objects" / f"{t.kind}-{t.name}.yaml",
                                                     ser(readers[t.kind](t.name, t.namespace))))
     for ns in sorted({t.namespace for t in targets}):
-        attempt(f"events {ns}", lambda ns=ns: _events(core, ns, root / "events.txt"))
-        attempt(f"pods {ns}", lambda ns=ns: _pods(core, ser, ns, root, errors))
-    for node in nodes:
-        if node_images is not None:
-            attempt(f"images on {node}", lambda node=node: (root / "nodes" / f"{node}.images.txt").write_text(
-                "\n".join(node_images(node)) + "\n"))
+        attempt(f"events {ns}", partial(_events, core, ns, root / "events.txt"))
+        attempt(f"pods {ns}", partial(_pods, core, ser, ns, root, errors))
+    if node_images is not None:
+        for node in nodes:
+            attempt(f"images on {node}", partial(_node_images, node_images, node, root / "nodes"))
     if kind_export is not None:
         attempt("kind export logs", lambda: kind_export(root / "kind-logs"))
     if errors:
         (root / "errors.txt").write_text("\n".join(errors) + "\n")
     return root
+
+
+def _node_images(node_images: NodeImages, node: str, out: Path) -> None:
+    (out / f"{node}.images.txt").write_text("\n".join(node_images(node)) + "\n")
 
 
 def _dump(path: Path, obj: Any) -> None:
