@@ -18,8 +18,8 @@ being diagnosed.
 from __future__ import annotations
 
 import time
-from functools import partial
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +61,7 @@ def collect(
                "Pod": core.read_namespaced_pod}
     for t in targets:
         if t.kind in readers:
-            attempt(f"read {t}", lambda t=t: _dump(root / "objects" / f"{t.kind}-{t.name}.yaml",
-                                                    ser(readers[t.kind](t.name, t.namespace))))
+            attempt(f"read {t}", partial(_read_dump, readers[t.kind], ser, t, root / "objects"))
     for ns in sorted({t.namespace for t in targets}):
         attempt(f"events {ns}", partial(_events, core, ns, root / "events.txt"))
         attempt(f"pods {ns}", partial(_pods, core, ser, ns, root, errors))
@@ -74,6 +73,10 @@ def collect(
     if errors:
         (root / "errors.txt").write_text("\n".join(errors) + "\n")
     return root
+
+
+def _read_dump(reader: Callable[[str, str], Any], ser: Callable[[Any], Any], t: Target, out: Path) -> None:
+    _dump(out / f"{t.kind}-{t.name}.yaml", ser(reader(t.name, t.namespace)))
 
 
 def _node_images(node_images: NodeImages, node: str, out: Path) -> None:
