@@ -8,6 +8,7 @@ prerequisite is an error instead of a skip, so CI can never pass by skipping wha
 from __future__ import annotations
 
 import os
+import shutil
 from functools import cache
 from pathlib import Path
 
@@ -33,26 +34,73 @@ def docker_tier_problem() -> str | None:
     return None
 
 
+LAB_CACHE = Path(os.environ.get("KTI_LAB_CACHE", "/var/cache/kti-lab"))
+
+
+def lab_kind_binary() -> str | None:
+    if os.environ.get("KTI_KIND"):
+        return os.environ["KTI_KIND"]
+    found = sorted((LAB_CACHE / "bin").glob("kind-v*"))
+    if found:
+        return str(found[-1])
+    return shutil.which("kind")
+
+
+def lab_node_image() -> str | None:
+    if os.environ.get("KTI_NODE_IMAGE"):
+        return os.environ["KTI_NODE_IMAGE"]
+    ref = LAB_CACHE / "node-image.ref"
+    return ref.read_text().strip() if ref.is_file() else None
+
+
+@cache
+def kind_tier_problem() -> str | None:
+    """None when kind and a node image are available, else why not."""
+    docker = docker_tier_problem()
+    if docker is not None:
+        return f"no engine ({docker})"
+    if lab_kind_binary() is None:
+        return "no kind binary (set KTI_KIND, or build the lab: hack/lab/build)"
+    image = lab_node_image()
+    if image is None:
+        return f"no node image (set KTI_NODE_IMAGE, or build the lab: hack/lab/build; looked in {LAB_CACHE})"
+    from kubetest_infra.engine import get_engine
+
+    if get_engine().inspect_image(image) is None:
+        return f"node image {image} is not in the engine (hack/lab/up loads it from the lab cache)"
+    return None
+
+
+TIERS = {"docker": docker_tier_problem, "kind": kind_tier_problem}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.fspath))
-        if "integration" in path.parts and not item.get_closest_marker("kind"):
+        if "kind" in path.parts[-3:-1]:
+            item.add_marker(pytest.mark.kind)
+            item.add_marker(pytest.mark.xdist_group(name="kind"))  # one worker owns the test cluster
+        elif "integration" in path.parts:
             item.add_marker(pytest.mark.docker)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    problem = docker_tier_problem()
-    required = "docker" in required_tiers()
-    state = "ENABLED" if problem is None else ("MISSING (required: tests will error)" if required else "SKIPPED")
-    return [f"kubetest-infra docker tier: {state}" + (f": {problem}" if problem else "")]
+    lines = []
+    for tier, probe in TIERS.items():
+        problem = probe()
+        required = tier in required_tiers()
+        state = "ENABLED" if problem is None else ("MISSING (required: tests will error)" if required else "SKIPPED")
+        lines.append(f"kubetest-infra {tier} tier: {state}" + (f": {problem}" if problem else ""))
+    return lines
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("docker") is None:
-        return
-    problem = docker_tier_problem()
-    if problem is None:
-        return
-    if "docker" in required_tiers():
-        pytest.fail(f"docker tier required (KTI_REQUIRE_TIERS) but unavailable: {problem}", pytrace=False)
-    pytest.skip(f"docker tier SKIPPED: {problem}")
+    for tier, probe in TIERS.items():
+        if item.get_closest_marker(tier) is None:
+            continue
+        problem = probe()
+        if problem is None:
+            continue
+        if tier in required_tiers():
+            pytest.fail(f"{tier} tier required (KTI_REQUIRE_TIERS) but unavailable: {problem}", pytrace=False)
+        pytest.skip(f"{tier} tier SKIPPED: {problem}")
