@@ -71,7 +71,8 @@ def main() -> int:
         tmp = Path(tempfile.mkdtemp(prefix="kti-bench-"))
         (tmp / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY blob /blob\n")
         (tmp / "blob").write_bytes(os.urandom(20 * 1024 * 1024))
-        image = Builder(engine, run_id, "bench").build(BuildSpec("loadbench", tmp, build_args={"BASE_IMAGE": base_image()}))
+        spec = BuildSpec("loadbench", tmp, build_args={"BASE_IMAGE": base_image()})
+        image = Builder(engine, run_id, "bench").build(spec)
         size = engine.inspect_image(image.ref).size  # type: ignore[union-attr]
         loader = Loader(engine)
         nodes = list(cluster.nodes)
