@@ -238,7 +238,7 @@ class KindClusters:
         except CommandError as exc:
             shutil.rmtree(cdir, ignore_errors=True)  # kind removed its nodes; drop our files too
             raise ClusterError(f"kind create cluster {config.name} failed (exit {exc.returncode})\n"
-                               + "\n".join(exc.stderr.strip().splitlines()[-15:]),
+                               + kind_error_summary(exc.stderr),
                                hint="read the kind output above; 'kind create cluster --retain' keeps the nodes "
                                "for 'kind export logs'") from exc
         os.chmod(kubeconfig, 0o600)
@@ -307,6 +307,21 @@ class KindClusters:
         for img in json.loads(out or "{}").get("images") or []:
             tags.extend(img.get("repoTags") or [])
         return sorted(tags)
+
+
+def kind_error_summary(stderr: str, limit: int = 25) -> str:
+    """The useful part of kind's output: its ERROR line and the command output, without Go stack frames."""
+    keep = []
+    for line in stderr.splitlines():
+        text = line.strip()
+        if not text or line.startswith("\t") or ".go:" in text or text.startswith(("goroutine ", "runtime.")):
+            continue
+        if re.match(r"^[\w./-]+\.\(?\*?\w+\)?[.\w]*$", text) or re.match(r"^(main|k8s\.io|sigs\.k8s\.io)\.", text):
+            continue  # a Go function name line of a stack trace
+        keep.append(line.rstrip())
+    errors = [line for line in keep if "ERROR" in line or "error" in line.lower() or "failed" in line.lower()]
+    chosen = (errors[:5] + [line for line in keep if line not in errors])[:limit]
+    return "\n".join(chosen)
 
 
 def published(cluster: Cluster, mappings: Sequence[PortMapping], container_port: int) -> str:

@@ -138,3 +138,24 @@ def test_error_never_pull_hint_lists_node_images() -> None:
     assert "Hint:" in text
     assert "localhost/app:s-old" in text
     assert "pause" not in text.split("Hint:")[1]
+
+
+def test_kind_error_summary_drops_go_stack_frames() -> None:
+    from kubetest_infra.cluster import kind_error_summary
+
+    stderr = """Creating cluster "x" ...
+ ✗ Joining worker nodes 🚜
+ERROR: failed to create cluster: failed to join node with kubeadm: command "docker exec x-worker kubeadm join" failed
+Command Output: I1122 ... [preflight] Running pre-flight checks
+error execution phase kubelet-start: timed out waiting for the condition
+k8s.io/kubernetes/cmd/kubeadm/app/cmd/phases/workflow.(*Runner).Run.func1
+\tk8s.io/kubernetes@v1.33.1/cmd/kubeadm/app/cmd/phases/workflow/runner.go:261
+main.main
+\tk8s.io/kubernetes@v1.33.1/cmd/kubeadm/kubeadm.go:25
+runtime.goexit
+"""
+    text = kind_error_summary(stderr)
+    assert "ERROR: failed to create cluster: failed to join node" in text
+    assert "timed out waiting for the condition" in text
+    assert ".go:" not in text
+    assert "main.main" not in text
