@@ -56,6 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("clean", help="remove the image tags of one run")
     c.add_argument("--run-id", required=True)
+
+    u = sub.add_parser("up", help="bring a suite up: builds, cluster, loads, deploys (one dependency graph)")
+    u.add_argument("suite", type=Path, help="suite directory or suite.yaml (e.g. suites/datastorage)")
+    u.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse a cluster with the same name and config (default: yes)")
+    u.add_argument("--keep", action="store_true", help="keep what was created when something fails")
+    u.add_argument("--no-cache", action="store_true", help="never reuse images or the build cache")
+    u.add_argument("--run-id", help="run id (default: $KTI_RUN_ID, else random)")
+    u.add_argument("--json", action="store_true", help="print the environment as JSON on stdout")
+
+    d = sub.add_parser("down", help="delete a suite's cluster and the images of its last run")
+    d.add_argument("suite", type=Path)
+
+    sub.add_parser("status", help="clusters and images of ours, with run ids and ages")
+
+    lg = sub.add_parser("logs", help="logs of a suite service's pods")
+    lg.add_argument("suite", type=Path)
+    lg.add_argument("service")
+    lg.add_argument("--tail", type=int, default=200)
     return parser
 
 
@@ -113,7 +132,62 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0 if not result.failed else 1
 
 
-COMMANDS = {"build": cmd_build, "doctor": cmd_doctor, "gc": cmd_gc, "clean": cmd_clean}
+def cmd_up(args: argparse.Namespace) -> int:
+    from kubetest_infra.console import Progress, timing_table
+    from kubetest_infra.orchestrate import Orchestrator
+    from kubetest_infra.suite import load_suite
+
+    suite = load_suite(args.suite)
+    engine = get_engine(args.engine)
+    run_id = resolve_run_id(args.run_id)
+    progress = Progress(sys.stderr, title=f"kti up {suite.name} (run {run_id})")
+    orch = Orchestrator(suite, engine, run_id, reuse=args.reuse, keep=args.keep, no_cache=args.no_cache,
+                        on_event=progress.event)
+    with progress:
+        env = orch.up()
+    timing_table(env, sys.stderr)
+    if args.json:
+        print(json.dumps(env.to_json(), indent=2))
+    else:
+        print(f"suite {env.suite} is up (run {env.run_id}) in {env.seconds:.1f}s; kubeconfig: {env.kubeconfig}")
+        for name, url in sorted(env.endpoints.items()):
+            print(f"  {name}: {url}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from kubetest_infra.cluster import KindClusters
+    from kubetest_infra.orchestrate import down
+    from kubetest_infra.suite import load_suite
+
+    engine = get_engine(args.engine)
+    for item in down(load_suite(args.suite), engine, KindClusters(engine)):
+        print(f"removed {item}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from kubetest_infra.status import report
+
+    print(report(get_engine(args.engine)))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from kubetest_infra.cluster import KindClusters
+    from kubetest_infra.orchestrate import read_state, service_logs
+    from kubetest_infra.suite import load_suite
+
+    suite = load_suite(args.suite)
+    env = read_state(KindClusters(get_engine(args.engine)), suite.cluster.name)
+    if env is None:
+        raise ConfigError(f"suite {suite.name} is not up", hint=f"run: kti up {args.suite}")
+    print(service_logs(env, suite, args.service, args.tail))
+    return 0
+
+
+COMMANDS = {"build": cmd_build, "doctor": cmd_doctor, "gc": cmd_gc, "clean": cmd_clean, "up": cmd_up,
+            "down": cmd_down, "status": cmd_status, "logs": cmd_logs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -112,10 +112,10 @@ def validate(tasks: Sequence[Task]) -> list[str]:
 class Undo:
     """Undo actions registered while the graph runs (e.g. delete a created cluster)."""
 
-    actions: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    actions: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, what: str, action: Callable[[], None]) -> None:
+    def add(self, what: str, action: Callable[[], object]) -> None:
         with self.lock:
             self.actions.append((what, action))
 
