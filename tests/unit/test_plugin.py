@@ -40,8 +40,8 @@ def test_run_id_option_wins(pytester: pytest.Pytester, monkeypatch: pytest.Monke
     assert [f.read_text() for f in out.iterdir()] == ["pinned-1"]
 
 
-def test_bad_run_id_is_reported_with_hint(pytester: pytest.Pytester) -> None:
+def test_bad_run_id_is_a_usage_error_with_hint(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_one="def test_x(kti_run_id):\n    pass\n")
     result = pytester.runpytest_subprocess("--kti-run-id", "bad id")
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*not a valid run id*", "*Hint:*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--kti-run-id*not a valid run id*", "*Hint:*"])
