@@ -31,7 +31,7 @@ from kubetest_infra.build import Builder, BuildSpec
 from kubetest_infra.cleanup import remove_run_images
 from kubetest_infra.cluster import ClusterConfig, KindClusters
 from kubetest_infra.engine import get_engine
-from kubetest_infra.load import Loader
+from kubetest_infra.load import Loader, normalize_ref
 from kubetest_infra.tags import new_run_id
 from kubetest_infra.wait import PodStartError, Target, Waiter, WaitPolicy
 
@@ -46,10 +46,10 @@ def base_image() -> str:
     return out.strip().split("=", 1)[1]
 
 
-def remove_from_nodes(engine_bin: str, nodes: list[str], ref: str, image_id: str) -> None:
-    for node in nodes:
-        for name in (ref, image_id):
-            subprocess.run([engine_bin, "exec", node, "crictl", "rmi", name], capture_output=True, check=False)
+def remove_from_nodes(engine_bin: str, nodes: list[str], ref: str) -> None:
+    for node in nodes:  # remove the image record and, with --sync, its content (garbage collected)
+        subprocess.run([engine_bin, "exec", node, "ctr", "-n", "k8s.io", "images", "rm", "--sync",
+                        normalize_ref(ref)], capture_output=True, check=False)
 
 
 def main() -> int:
@@ -80,14 +80,14 @@ def main() -> int:
         kind_cmd = [clusters.kind, "load", "docker-image", image.ref, "--name", cluster.name]
         ours_cold, kind_cold, ours_repeat, kind_repeat = [], [], [], []
         for _ in range(args.repeats):
-            remove_from_nodes(engine.binary, nodes, image.ref, image.image_id)
+            remove_from_nodes(engine.binary, nodes, image.ref)
             t = time.monotonic()
             loader.load(image, nodes)
             ours_cold.append(time.monotonic() - t)
             t = time.monotonic()
             loader.load(image, nodes)
             ours_repeat.append(time.monotonic() - t)
-            remove_from_nodes(engine.binary, nodes, image.ref, image.image_id)
+            remove_from_nodes(engine.binary, nodes, image.ref)
             t = time.monotonic()
             subprocess.run(kind_cmd, check=True, capture_output=True, env=env)
             kind_cold.append(time.monotonic() - t)

@@ -301,12 +301,9 @@ class KindClusters:
         return holders
 
     def node_images(self, node: str) -> list[str]:
-        """Image references in a node's containerd (for hints)."""
-        out = self.engine.run("exec", node, "crictl", "images", "-o", "json", timeout=60).stdout
-        tags: list[str] = []
-        for img in json.loads(out or "{}").get("images") or []:
-            tags.extend(img.get("repoTags") or [])
-        return sorted(tags)
+        """Image references in a node's containerd (for hints), without digest-only names."""
+        out = self.engine.run("exec", node, "ctr", "-n", "k8s.io", "images", "ls", "-q", timeout=60).stdout
+        return sorted(r for r in out.split() if "@sha256:" not in r and not r.startswith("sha256:"))
 
 
 def kind_error_summary(stderr: str, limit: int = 25) -> str:

@@ -2,13 +2,16 @@
 
 For each node, concurrently:
 
+Image ids are read from the node's containerd with ``ctr`` (the manifest's config digest), not
+``crictl``: crictl is not in every node image (the offline lab cannot build it).
+
 - the node already resolves the reference to the expected image id → nothing to do (``present``);
 - the node has the image id under another name (a reused image, retagged by a new run) → tag it in
   the node's containerd (``retagged``): no bytes move;
 - otherwise the image is streamed: ``docker save REF | docker exec -i NODE ctr -n k8s.io images import``
   with no temp file (``loaded``). Podman goes through an archive (``podman save -o``), removed after.
 
-Then every node must resolve the exact reference to the expected image id (``crictl inspecti``), or a
+Then every node must resolve the exact reference to the expected image id, or a
 :class:`LoadError` names the node and both ids. Per-node timings come back as values.
 """
 
@@ -26,6 +29,7 @@ from typing import Literal
 from kubetest_infra.build import BuiltImage
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import CommandError, KtiError
+from kubetest_infra.tags import parse_ref
 
 Action = Literal["present", "retagged", "loaded"]
 
@@ -53,6 +57,17 @@ class LoadedImage:
         return any(n.action == "loaded" for n in self.nodes)
 
 
+def normalize_ref(ref: str) -> str:
+    """containerd's name for a reference: ``redis:7`` → ``docker.io/library/redis:7``."""
+    parsed = parse_ref(ref)
+    if parsed.domain:
+        return ref
+    path = parsed.path if "/" in parsed.path else f"library/{parsed.path}"
+    tag = f":{parsed.tag}" if parsed.tag else ""
+    digest = f"@{parsed.digest}" if parsed.digest else ""
+    return f"docker.io/{path}{tag}{digest}"
+
+
 class Loader:
     """Loads images into Kind nodes through the run's engine."""
 
@@ -61,24 +76,52 @@ class Loader:
         self.snapshotter = snapshotter
         self.timeout = timeout
 
-    def node_image_id(self, node: str, ref: str) -> str | None:
-        """The image id (config digest) the node's CRI resolves ``ref`` to, or None."""
-        res = self.engine.run("exec", node, "crictl", "inspecti", "-o", "json", ref, check=False, timeout=60)
-        if res.returncode != 0:
-            return None
-        try:
-            return str(json.loads(res.stdout)["status"]["id"])
-        except (ValueError, KeyError, TypeError):
-            return None
+    def node_images(self, node: str) -> dict[str, str]:
+        """Normalised reference → target (manifest) digest, from the node's containerd."""
+        out = self.engine.run("exec", node, "ctr", "-n", "k8s.io", "images", "ls", timeout=60).stdout
+        images: dict[str, str] = {}
+        for line in out.splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2].startswith("sha256:"):
+                images[parts[0]] = parts[2]
+        return images
 
-    def node_tags(self, node: str, image_id: str) -> list[str]:
-        res = self.engine.run("exec", node, "crictl", "inspecti", "-o", "json", image_id, check=False, timeout=60)
+    def config_digest(self, node: str, target: str) -> str | None:
+        """The image id (config digest) behind a manifest or index digest in the node's content store."""
+        res = self.engine.run("exec", node, "ctr", "-n", "k8s.io", "content", "get", target, check=False,
+                              timeout=60)
         if res.returncode != 0:
-            return []
+            return None
         try:
-            return list(json.loads(res.stdout)["status"].get("repoTags") or [])
-        except (ValueError, KeyError, TypeError):
-            return []
+            doc = json.loads(res.stdout)
+        except ValueError:
+            return None
+        if isinstance(doc.get("config"), dict):
+            return str(doc["config"].get("digest"))
+        for entry in doc.get("manifests") or []:  # an index: the linux/amd64 (or only) manifest
+            platform = entry.get("platform") or {}
+            if platform.get("os", "linux") == "linux" and platform.get("architecture", "amd64") == "amd64":
+                return self.config_digest(node, str(entry.get("digest")))
+        return None
+
+    def node_image_id(self, node: str, ref: str) -> str | None:
+        """The image id the node's containerd resolves ``ref`` to, or None."""
+        target = self.node_images(node).get(normalize_ref(ref))
+        return self.config_digest(node, target) if target else None
+
+    def node_tags(self, node: str, image_id: str, ref: str) -> list[str]:
+        """Other tags of the same repository on the node that point at ``image_id``."""
+        repo = normalize_ref(ref).rsplit(":", 1)[0]
+        seen: dict[str, str | None] = {}
+        found = []
+        for name, target in self.node_images(node).items():
+            if not name.startswith(repo + ":") or name == normalize_ref(ref):
+                continue
+            if target not in seen:
+                seen[target] = self.config_digest(node, target)
+            if seen[target] == image_id:
+                found.append(name)
+        return found
 
     def load(self, image: BuiltImage, nodes: Sequence[str]) -> LoadedImage:
         """Load one image into ``nodes`` (all concurrently) and verify every node."""
@@ -120,14 +163,14 @@ class Loader:
         t0 = time.monotonic()
         if self.node_image_id(node, image.ref) == image.image_id:
             return NodeLoad(node, "present", time.monotonic() - t0)
-        others = [t for t in self.node_tags(node, image.image_id) if t != image.ref]
+        others = self.node_tags(node, image.image_id, image.ref)
         if others:
             res = self.engine.run("exec", node, "ctr", "-n", "k8s.io", "images", "tag", "--force", others[0],
-                                  image.ref, check=False, timeout=60)
+                                  normalize_ref(image.ref), check=False, timeout=60)
             if res.returncode == 0 and self.node_image_id(node, image.ref) == image.image_id:
                 return NodeLoad(node, "retagged", time.monotonic() - t0)
         importer = [self.engine.binary, "exec", "-i", node, "ctr", "-n", "k8s.io", "images", "import",
-                    "--digests", f"--snapshotter={self.snapshotter}", "-"]
+                    "--platform", "linux/amd64", f"--snapshotter={self.snapshotter}", "-"]
         try:
             if archive is None:
                 self.engine.runner.pipe([self.engine.binary, "save", image.ref], importer, timeout=self.timeout)
