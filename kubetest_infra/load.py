@@ -57,6 +57,12 @@ class LoadedImage:
         return any(n.action == "loaded" for n in self.nodes)
 
 
+_RESOLVE = (
+    'd=$(ctr -n k8s.io images ls "name==$1" | awk \'NR==2 {print $3}\') && [ -n "$d" ] '
+    '&& ctr -n k8s.io content get "$d"'
+)
+
+
 def normalize_ref(ref: str) -> str:
     """containerd's name for a reference: ``redis:7`` → ``docker.io/library/redis:7``."""
     parsed = parse_ref(ref)
@@ -105,8 +111,18 @@ class Loader:
         return None
 
     def node_image_id(self, node: str, ref: str) -> str | None:
-        """The image id the node's containerd resolves ``ref`` to, or None."""
-        target = self.node_images(node).get(normalize_ref(ref))
+        """The image id the node's containerd resolves ``ref`` to, or None (one exec per call)."""
+        # The reference is a positional parameter of a fixed script, never part of the script text.
+        res = self.engine.run("exec", node, "sh", "-c", _RESOLVE, "kti", normalize_ref(ref), check=False, timeout=60)
+        if res.returncode != 0 or not res.stdout.strip():
+            return None
+        try:
+            doc = json.loads(res.stdout)
+        except ValueError:
+            return None
+        if isinstance(doc.get("config"), dict):
+            return str(doc["config"].get("digest"))
+        target = self.node_images(node).get(normalize_ref(ref))  # an index: resolve its platform manifest
         return self.config_digest(node, target) if target else None
 
     def node_tags(self, node: str, image_id: str, ref: str) -> list[str]:
@@ -143,18 +159,19 @@ class Loader:
         finally:
             if archive:
                 os.unlink(archive)
-        self.verify(image, nodes)
+        # "present" was just read from the node itself; verify what changed
+        self.verify(image, [r.node for r in results if r.action != "present"])
         return LoadedImage(image.ref, image.image_id, tuple(results), time.monotonic() - started)
 
     def load_many(self, images: Sequence[BuiltImage], nodes: Sequence[str]) -> dict[str, LoadedImage]:
         return {img.name: self.load(img, nodes) for img in images}
 
     def verify(self, image: BuiltImage, nodes: Sequence[str]) -> None:
-        bad = []
-        for node in nodes:
-            found = self.node_image_id(node, image.ref)
-            if found != image.image_id:
-                bad.append(f"{node}: {found or 'missing'}")
+        if not nodes:
+            return
+        with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="kti-verify") as pool:
+            found = list(pool.map(lambda n: self.node_image_id(n, image.ref), nodes))
+        bad = [f"{node}: {got or 'missing'}" for node, got in zip(nodes, found, strict=True) if got != image.image_id]
         if bad:
             raise LoadError(f"{image.ref} (expected {image.image_id}) is not intact on: " + "; ".join(bad),
                             hint="load it again; if it keeps failing check the node's disk ('kti doctor')")

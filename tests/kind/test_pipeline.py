@@ -177,8 +177,7 @@ def test_reload_is_a_noop_and_a_new_image_replaces_the_old(kind_env: KindEnv, py
     cold = kind_env.loader.load(first, kind_env.cluster.nodes)
     assert all(n.action == "loaded" for n in cold.nodes)
     again = kind_env.loader.load(first, kind_env.cluster.nodes)
-    assert all(n.action == "present" for n in again.nodes)
-    assert again.seconds < 1.0
+    assert all(n.action == "present" for n in again.nodes)  # speed: bench/kind.py
 
     # the same inputs in a new run: reused image, new tag → retagged in the nodes, no transfer
     reused = kind_env.builder(consumer="kindtest2").build(BuildSpec("reload", tmp_path / "a" / "reload",
@@ -187,12 +186,15 @@ def test_reload_is_a_noop_and_a_new_image_replaces_the_old(kind_env: KindEnv, py
     retag = kind_env.loader.load(reused, kind_env.cluster.nodes)
     assert all(n.action == "retagged" for n in retag.nodes)
 
+    # changed sources in the same run: same reference, new image → replaced on every node
     second = build_service(kind_env, tmp_path / "b", "reload", HTTP_APP % "two", python_image)
+    assert second.ref == first.ref
     assert second.image_id != first.image_id
-    kind_env.loader.load(second, kind_env.cluster.nodes)
+    replaced = kind_env.loader.load(second, kind_env.cluster.nodes)
+    assert all(n.action == "loaded" for n in replaced.nodes)
     for node in kind_env.cluster.nodes:
         assert kind_env.loader.node_image_id(node, second.ref) == second.image_id
-        assert kind_env.loader.node_image_id(node, first.ref) == first.image_id  # other runs keep theirs
+        assert kind_env.loader.node_image_id(node, reused.ref) == first.image_id  # the other run keeps its image
 
 
 def test_kube_config_of_the_user_is_never_touched(kind_env: KindEnv, tmp_path: Path,
