@@ -9,6 +9,7 @@ Transient API errors (429, 5xx, connection resets) are retried a bounded number 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -131,8 +132,30 @@ class Applier:
         try:
             _retry(resource_apply)(self.dynamic, resource, obj, ns, self.field_manager)
         except DynamicApiError as exc:
-            raise _api_error(obj, exc) from exc
+            if not (obj.get("kind") == "Job" and _immutable(exc)):
+                raise _api_error(obj, exc) from exc
+            # A Job's pod template cannot change (a new run has a new image tag): replace the Job.
+            self._delete_and_wait(resource, meta["name"], ns)
+            try:
+                _retry(resource_apply)(self.dynamic, resource, obj, ns, self.field_manager)
+            except DynamicApiError as again:
+                raise _api_error(obj, again) from again
         return Applied(obj["kind"], meta["name"], ns, obj["apiVersion"])
+
+    def _delete_and_wait(self, resource: Any, name: str, namespace: str | None, timeout: float = 120) -> None:
+        try:
+            resource.delete(name=name, namespace=namespace, body={"propagationPolicy": "Foreground"})
+        except NotFoundError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                resource.get(name=name, namespace=namespace)
+            except NotFoundError:
+                return
+            time.sleep(0.3)
+        raise ApplyError(f"{resource.kind}/{namespace}/{name} was not deleted within {timeout:.0f} s",
+                         hint="check its finalizers and pods")
 
     def _wait_established(self, crds: Sequence[Obj]) -> None:
         api = self.dynamic.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
@@ -177,10 +200,31 @@ def resource_apply(dynamic: Any, resource: Any, obj: Obj, namespace: str | None,
                                      force_conflicts=True)
 
 
+def _immutable(exc: Any) -> bool:
+    return getattr(exc, "status", None) == 422 and "field is immutable" in str(getattr(exc, "body", ""))
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else f"{text[: limit // 2]} … {text[-limit // 2:]}"
+
+
+def _status_text(exc: Any) -> str:
+    """The API's Status message and causes, each shortened (422 messages embed whole Go structs)."""
+    try:
+        status = json.loads(getattr(exc, "body", "") or "{}")
+    except (TypeError, ValueError):
+        status = {}
+    causes = (status.get("details") or {}).get("causes") or []
+    if causes:
+        return "; ".join(f"{c.get('field', '?')}: {_shorten(str(c.get('message', '')))}" for c in causes)
+    if status.get("message"):
+        return _shorten(str(status["message"]), 600)
+    return _shorten(str(getattr(exc, "summary", lambda: str(exc))()), 600)
+
+
 def _api_error(obj: Obj, exc: Any) -> KtiError:
     status = getattr(exc, "status", None)
-    summary = getattr(exc, "summary", lambda: str(exc))()
-    text = str(summary)
+    text = _status_text(exc)
     if status == 404 and "namespaces" in text and "not found" in text:
         ns = (obj.get("metadata") or {}).get("namespace")
         return ConfigError(f"{describe(obj)}: namespace {ns!r} does not exist",

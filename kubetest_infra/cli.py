@@ -133,16 +133,18 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from kubetest_infra.cluster import KindClusters
     from kubetest_infra.console import Progress, timing_table
-    from kubetest_infra.orchestrate import Orchestrator
+    from kubetest_infra.orchestrate import Orchestrator, choose_run_id
     from kubetest_infra.suite import load_suite
 
     suite = load_suite(args.suite)
     engine = get_engine(args.engine)
-    run_id = resolve_run_id(args.run_id)
+    clusters = KindClusters(engine)
+    run_id = choose_run_id(suite, clusters, args.run_id, args.reuse)
     progress = Progress(sys.stderr, title=f"kti up {suite.name} (run {run_id})")
-    orch = Orchestrator(suite, engine, run_id, reuse=args.reuse, keep=args.keep, no_cache=args.no_cache,
-                        on_event=progress.event)
+    orch = Orchestrator(suite, engine, run_id, clusters=clusters, reuse=args.reuse, keep=args.keep,
+                        no_cache=args.no_cache, on_event=progress.event)
     with progress:
         env = orch.up()
     timing_table(env, sys.stderr)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -41,7 +42,7 @@ from kubetest_infra.graph import GraphResult, Listener, Task, Timing, Undo, run_
 from kubetest_infra.load import Loader
 from kubetest_infra.render import PLACEHOLDER, load_manifests, render
 from kubetest_infra.suite import Service, Suite
-from kubetest_infra.tags import image_ref
+from kubetest_infra.tags import image_ref, resolve_run_id
 from kubetest_infra.wait import Target, Waiter, WaitPolicy
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "Pod")
@@ -125,6 +126,8 @@ class Orchestrator:
             _with_image(suite.cluster, node_image)
         self.undo = Undo()
         self._api: Any = None
+        self._applier_obj: Applier | None = None
+        self._lock = threading.Lock()
 
     # -- planning --------------------------------------------------------------------------
     def planned_refs(self) -> dict[str, str]:
@@ -186,10 +189,19 @@ class Orchestrator:
         return env
 
     def _api_client(self, cluster: Cluster) -> Any:
-        if self._api is None:
-            self._api = config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=str(cluster.kubeconfig))
-        return self._api
+        with self._lock:
+            if self._api is None:
+                self._api = config.new_client_from_config(  # type: ignore[no-untyped-call]
+                    config_file=str(cluster.kubeconfig))
+            return self._api
+
+    def _applier(self, cluster: Cluster) -> Applier:
+        """One Applier (one API discovery) shared by every task of the run."""
+        api = self._api_client(cluster)
+        with self._lock:
+            if self._applier_obj is None:
+                self._applier_obj = Applier(api)
+            return self._applier_obj
 
     def _build(self, name: str, _deps: Mapping[str, Any]) -> BuiltImage:
         spec = self.suite.images[name]
@@ -227,13 +239,14 @@ class Orchestrator:
         return cluster
 
     def _namespace(self, deps: Mapping[str, Any]) -> str:
-        api = self._api_client(deps["cluster"])
+        core: Any = client.CoreV1Api(self._api_client(deps["cluster"]))
         ns = self.suite.namespace
-        core = client.CoreV1Api(api)
-        existing = [n.metadata.name for n in core.list_namespace().items if n.metadata]
-        Applier(api).apply([{"apiVersion": "v1", "kind": "Namespace",
-                             "metadata": {"name": ns, "labels": {"kubetest-infra/suite": self.suite.name}}}])
-        if ns not in existing:
+        try:
+            core.read_namespace(ns)
+        except client.exceptions.ApiException as exc:
+            if exc.status != 404:
+                raise
+            core.create_namespace({"metadata": {"name": ns, "labels": {"kubetest-infra/suite": self.suite.name}}})
             self.undo.add(f"namespace {ns}", partial(core.delete_namespace, ns))
         return ns
 
@@ -247,8 +260,9 @@ class Orchestrator:
         cluster: Cluster = deps["cluster"]
         api = self._api_client(cluster)
         objs, srcs = load_manifests(svc.manifests)
-        rendered = render(objs, srcs, images)
-        Applier(api).apply(list(rendered.objects), namespace=self.suite.namespace)
+        ids = {v.ref: v.image_id for k, v in deps.items() if k.startswith("load:")}
+        rendered = render(objs, srcs, images, image_ids=ids)
+        self._applier(cluster).apply(list(rendered.objects), namespace=self.suite.namespace)
         targets = [Target(o["kind"], o["metadata"]["name"], self.suite.namespace)
                    for o in rendered.objects if o["kind"] in WORKLOADS]
         diag_dir = Path(cluster.kubeconfig).parent / "diagnostics"
@@ -305,6 +319,18 @@ def _wait_tcp(host: str, port: int, deadline: float, service: str) -> None:
         time.sleep(0.5)
     raise ServiceCheckError(f"service {service}: {host}:{port} refused connections ({last})",
                             hint="check the NodePort and the cluster's port mappings in the suite file")
+
+
+def choose_run_id(suite: Suite, clusters: KindClusters, explicit: str | None, reuse: bool) -> str:
+    """An explicit id (or $KTI_RUN_ID) wins; a warm re-run with reuse keeps the running environment's id,
+    so unchanged images keep their references and nothing rolls out; otherwise a fresh CSPRNG id."""
+    if explicit or os.environ.get("KTI_RUN_ID"):
+        return resolve_run_id(explicit)
+    if reuse:
+        previous = read_state(clusters, suite.cluster.name)
+        if previous is not None and previous.suite == suite.name and clusters.exists(suite.cluster.name):
+            return previous.run_id
+    return resolve_run_id(None)
 
 
 def state_file(kubeconfig: Path | str) -> Path:

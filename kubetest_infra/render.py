@@ -20,6 +20,7 @@ manifest uses is reported in :attr:`Rendered.unused`.
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import yaml
 from kubetest_infra.errors import ConfigError, TagError
 from kubetest_infra.tags import parse_ref, require_pinned
 
+IMAGE_IDS_ANNOTATION = "kubetest-infra.io/image-ids"
 PLACEHOLDER = re.compile(r"\$\{image:([a-z0-9][a-z0-9._/-]*)\}")
 _ANY_PLACEHOLDER = re.compile(r"\$\{image:([^}]*)\}")
 _POD_SPEC_PATHS: Mapping[str, tuple[str, ...]] = {
@@ -185,10 +187,13 @@ def render(
     match_container_names: bool = True,
     local_registries: Iterable[str] = ("localhost",),
     allowed_refs: Iterable[str] = (),
+    image_ids: Mapping[str, str] | None = None,
 ) -> Rendered:
     """Substitute this run's references (``images``: name → ref) and refuse any drift.
 
     ``allowed_refs`` are further local references this run loaded (e.g. locally built external images).
+    ``image_ids`` (ref → image id) stamps pod templates with an annotation over the ids they run, so a
+    rebuilt image behind an unchanged reference still rolls the workload out.
     """
     registries = {r.strip("/") for r in local_registries}
     ours = set(images.values()) | set(allowed_refs)
@@ -204,6 +209,7 @@ def render(
         for ip in image_paths:
             if obj.get("kind") == ip.kind and (ip.api_version is None or obj.get("apiVersion") == ip.api_version):
                 _set_path(obj, ip, walk)
+        used_ids: list[str] = []
         for where, container in _containers(obj):
             name = container.get("name", "")
             image = container.get("image")
@@ -217,6 +223,11 @@ def render(
             problems.extend(_guard(image, f"{label}: container {name!r}", registries, ours, by_repo))
             if image in ours:
                 container["imagePullPolicy"] = "Never"
+                if image_ids and image in image_ids:
+                    used_ids.append(f"{image}@{image_ids[image]}")
+        if used_ids:
+            _annotate_template(obj, IMAGE_IDS_ANNOTATION,
+                               hashlib.sha256("\n".join(sorted(used_ids)).encode()).hexdigest()[:16])
         for ip in image_paths:
             if obj.get("kind") == ip.kind:
                 for value in _get_path(obj, ip.path):
@@ -229,6 +240,15 @@ def render(
     unused = tuple(sorted(set(images) - used))
     warnings = tuple(f"built image {n!r} ({images[n]}) is used by no manifest" for n in unused)
     return Rendered(tuple(out), tuple(sources), tuple(subs), unused, warnings)
+
+
+def _annotate_template(obj: Obj, key: str, value: str) -> None:
+    path = _POD_SPEC_PATHS.get(str(obj.get("kind")), ())[:-1]  # the pod template, not its spec
+    node: Any = obj
+    for part in path:
+        node = node.setdefault(part, {}) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.setdefault("metadata", {}).setdefault("annotations", {})[key] = value
 
 
 def _guard(image: str, where: str, registries: set[str], ours: set[str], by_repo: Mapping[str, str]) -> list[str]:

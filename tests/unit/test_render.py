@@ -140,3 +140,20 @@ def test_directories_lists_and_missing_files(tmp_path: Path) -> None:
     assert [o["kind"] for o in objs] == ["Namespace", "ConfigMap"]
     with pytest.raises(ManifestError, match="does not exist"):
         load_manifests([tmp_path / "missing.yaml"])
+
+
+def test_image_ids_annotation_rolls_out_a_rebuilt_image_behind_the_same_ref(tmp_path: Path) -> None:
+    objs, srcs = load(tmp_path, DEPLOY)
+    images = {"datastorage": DS, "migrations": MIG}
+
+    def annotation(image_id: str) -> str:
+        out = render(objs, srcs, images, image_ids={DS: image_id})
+        return out.objects[0]["spec"]["template"]["metadata"]["annotations"]["kubetest-infra.io/image-ids"]
+
+    assert annotation("sha256:" + "a" * 64) == annotation("sha256:" + "a" * 64)
+    assert annotation("sha256:" + "a" * 64) != annotation("sha256:" + "b" * 64)
+    pod = ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n"
+           "spec:\n  containers: [{name: c, image: '${image:datastorage}'}]\n")
+    pobjs, psrcs = load(tmp_path, pod, "pod.yaml")
+    out = render(pobjs, psrcs, images, image_ids={DS: "sha256:" + "c" * 64})
+    assert "kubetest-infra.io/image-ids" in out.objects[0]["metadata"]["annotations"]
