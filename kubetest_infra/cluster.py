@@ -284,8 +284,12 @@ class KindClusters:
             family = socket.AF_INET6 if ":" in p.listen_address else socket.AF_INET
             kind = socket.SOCK_DGRAM if p.protocol == "UDP" else socket.SOCK_STREAM
             with socket.socket(family, kind) as sock:
+                # as docker-proxy does: connections in TIME_WAIT from earlier runs do not hold the port
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     sock.bind((p.listen_address, p.host_port))
+                    if kind == socket.SOCK_STREAM:
+                        sock.listen(1)
                 except OSError as exc:
                     raise PortCollisionError(
                         f"host port {p.listen_address}:{p.host_port} is not free: {exc.strerror}",
