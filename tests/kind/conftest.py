@@ -18,7 +18,7 @@ from kubernetes import client, config
 from conftest import lab_kind_binary, lab_node_image
 from kubetest_infra.build import Builder, BuildSpec, BuiltImage
 from kubetest_infra.cleanup import remove_run_images
-from kubetest_infra.cluster import Cluster, ClusterConfig, KindClusters, PortMapping
+from kubetest_infra.cluster import Cluster, ClusterConfig, KindClusters, PortMapping, default_state_dir
 from kubetest_infra.engine import Engine, get_engine
 from kubetest_infra.load import Loader
 from kubetest_infra.tags import new_run_id
@@ -45,15 +45,14 @@ class KindEnv:
 
 
 @pytest.fixture(scope="session")
-def kind_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindEnv]:
+def kind_env() -> Iterator[KindEnv]:
     engine = get_engine()
-    state = Path(os.environ.get("KTI_TEST_STATE_DIR") or tmp_path_factory.mktemp("kti-state"))
+    # The library's own state directory: a cluster kept by an earlier session (KTI_KEEP_CLUSTER=1) is
+    # recognised and reused; one this library did not create is refused, never deleted.
+    state = Path(os.environ["KTI_TEST_STATE_DIR"]) if os.environ.get("KTI_TEST_STATE_DIR") else default_state_dir()
     clusters = KindClusters(engine, state_dir=state, kind_binary=lab_kind_binary())
     cfg = ClusterConfig(CLUSTER, node_image=lab_node_image(), workers=1,
                         port_mappings=(PortMapping(NODE_PORT, HOST_PORT),))
-    if clusters.exists(CLUSTER) and clusters._state(CLUSTER) is None:
-        # a cluster left by an interrupted earlier session of these tests: its state dir was a tmp dir
-        clusters._kind("delete", "cluster", "--name", CLUSTER, "--kubeconfig", str(state / "stale.kubeconfig"))
     cluster = clusters.ensure(cfg)
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     run_id = new_run_id()
