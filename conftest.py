@@ -74,6 +74,7 @@ def kind_tier_problem() -> str | None:
 TIERS = {"docker": docker_tier_problem, "kind": kind_tier_problem}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.fspath))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from filelock import FileLock
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_fixed
 
 from kubetest_infra.engine import Engine
@@ -200,7 +201,17 @@ class KindClusters:
 
     # -- changes ---------------------------------------------------------------------------
     def ensure(self, config: ClusterConfig, *, reuse: bool = True, recreate: bool = False) -> Cluster:
-        """A ready cluster for ``config``: reused when name and fingerprint match, else (re)created."""
+        """A ready cluster for ``config``: reused when name and fingerprint match, else (re)created.
+
+        Serialised per cluster name with a file lock, so parallel processes (xdist workers, two
+        terminals) never race to create the same cluster.
+        """
+        lock_dir = self.state_dir / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock_dir / f"{config.name}.lock")):
+            return self._ensure(config, reuse=reuse, recreate=recreate)
+
+    def _ensure(self, config: ClusterConfig, *, reuse: bool, recreate: bool) -> Cluster:
         started = time.monotonic()
         fingerprint = config.fingerprint()
         if self.exists(config.name):

@@ -32,6 +32,8 @@ from kubetest_infra.wait import PodStartError, Target, Waiter, WaitPolicy
 from tests.integration.conftest import _base_image
 from tests.kind.conftest import HOST_PORT, HTTP_APP, NODE_PORT, KindEnv, build_service
 
+pytestmark = [pytest.mark.kind, pytest.mark.xdist_group("kind")]  # one worker owns the test cluster
+
 
 @pytest.fixture(scope="module")
 def python_image() -> str:
