@@ -8,8 +8,9 @@ Image ids are read from the node's containerd with ``ctr`` (the manifest's confi
 - the node already resolves the reference to the expected image id → nothing to do (``present``);
 - the node has the image id under another name (a reused image, retagged by a new run) → tag it in
   the node's containerd (``retagged``): no bytes move;
-- otherwise the image is streamed: ``docker save REF | docker exec -i NODE ctr -n k8s.io images import``
-  with no temp file (``loaded``). Podman goes through an archive (``podman save -o``), removed after.
+- otherwise the image is streamed: one ``docker save REF`` fanned out to ``docker exec -i NODE ctr -n
+  k8s.io images import -`` on every node that needs it, with no temp file (``loaded``). Podman goes
+  through an archive (``podman save -o``), removed after.
 
 Then every node must resolve the exact reference to the expected image id, or a
 :class:`LoadError` names the node and both ids. Per-node timings come back as values.
@@ -150,15 +151,11 @@ class Loader:
                 f"{image.ref} does not resolve to the built image {image.image_id[:19]} in the {self.engine.name} "
                 f"engine (found {local.id[:19] if local else 'nothing'})",
                 hint="the tag was removed or overwritten after the build; build again and load the returned ref")
-        archive: str | None = None
-        try:
-            if self.engine.name == "podman":
-                archive = self._save_archive(image.ref)
-            with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="kti-load") as pool:
-                results = list(pool.map(lambda n: self._load_node(image, n, archive), nodes))
-        finally:
-            if archive:
-                os.unlink(archive)
+        with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="kti-load") as pool:
+            checked = list(pool.map(lambda n: self._reuse_on_node(image, n), nodes))
+        pending = [n for n, r in zip(nodes, checked, strict=True) if r is None]
+        transfer = self._transfer(image, pending) if pending else {}
+        results = [r if r is not None else transfer[n] for n, r in zip(nodes, checked, strict=True)]
         # "present" was just read from the node itself; verify what changed
         self.verify(image, [r.node for r in results if r.action != "present"])
         return LoadedImage(image.ref, image.image_id, tuple(results), time.monotonic() - started)
@@ -176,7 +173,8 @@ class Loader:
             raise LoadError(f"{image.ref} (expected {image.image_id}) is not intact on: " + "; ".join(bad),
                             hint="load it again; if it keeps failing check the node's disk ('kti doctor')")
 
-    def _load_node(self, image: BuiltImage, node: str, archive: str | None) -> NodeLoad:
+    def _reuse_on_node(self, image: BuiltImage, node: str) -> NodeLoad | None:
+        """``present`` or ``retagged`` when no bytes need to move to this node, else None."""
         t0 = time.monotonic()
         if self.node_image_id(node, image.ref) == image.image_id:
             return NodeLoad(node, "present", time.monotonic() - t0)
@@ -186,17 +184,30 @@ class Loader:
                                   normalize_ref(image.ref), check=False, timeout=60)
             if res.returncode == 0 and self.node_image_id(node, image.ref) == image.image_id:
                 return NodeLoad(node, "retagged", time.monotonic() - t0)
-        importer = [self.engine.binary, "exec", "-i", node, "ctr", "-n", "k8s.io", "images", "import",
-                    "--platform", "linux/amd64", f"--snapshotter={self.snapshotter}", "-"]
+        return None
+
+    def _transfer(self, image: BuiltImage, nodes: Sequence[str]) -> dict[str, NodeLoad]:
+        """One ``save``, streamed into every node's importer at once (podman: through an archive)."""
+        t0 = time.monotonic()
+        importers = [[self.engine.binary, "exec", "-i", node, "ctr", "-n", "k8s.io", "images", "import",
+                      "--platform", "linux/amd64", f"--snapshotter={self.snapshotter}", "-"] for node in nodes]
+        archive = self._save_archive(image.ref) if self.engine.name == "podman" else None
         try:
-            if archive is None:
-                self.engine.runner.pipe([self.engine.binary, "save", image.ref], importer, timeout=self.timeout)
-            else:
-                self.engine.runner.pipe(["cat", archive], importer, timeout=self.timeout)
+            producer = ["cat", archive] if archive else [self.engine.binary, "save", image.ref]
+            results = self.engine.runner.pipe(producer, importers, timeout=self.timeout)
         except CommandError as exc:
-            raise LoadError(f"loading {image.ref} into node {node} failed: {exc.message}",
-                            hint="check the node is running ('kind get nodes') and has disk space") from exc
-        return NodeLoad(node, "loaded", time.monotonic() - t0)
+            raise LoadError(f"saving {image.ref} from the {self.engine.name} engine failed: {exc.message}",
+                            hint="check the engine ('kti doctor') and its free disk space") from exc
+        finally:
+            if archive:
+                os.unlink(archive)
+        failed = [f"{node}: {r.stderr.strip()[-300:] or f'exit {r.returncode}'}"
+                  for node, r in zip(nodes, results, strict=True) if r.returncode != 0]
+        if failed:
+            raise LoadError(f"loading {image.ref} failed on " + "; ".join(failed),
+                            hint="check the nodes are running ('kind get nodes') and have disk space")
+        seconds = time.monotonic() - t0
+        return {node: NodeLoad(node, "loaded", seconds) for node in nodes}
 
     def _save_archive(self, ref: str) -> str:
         fd, path = tempfile.mkstemp(prefix="kti-image-", suffix=".tar")

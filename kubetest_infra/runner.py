@@ -8,10 +8,13 @@ Unit tests inject a recorded runner through the same :class:`Runner` protocol.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from kubetest_infra.errors import CommandError
 log = logging.getLogger("kubetest_infra.runner")
 
 REDACTED = "***"
+_PIPE_QUEUE = 64  # chunks of 1 MiB buffered per consumer
 # Keys whose values are secrets when passed as KEY=VALUE (build args, env).
 _SECRET_KEY = re.compile(r"(pass(word|wd)?|secret|token|api[_-]?key|credential|auth|private[_-]?key)", re.I)
 # user:password@ in URLs.
@@ -58,8 +62,13 @@ class Runner(Protocol):
         cwd: str | None = None,
     ) -> CommandResult: ...
 
-    def pipe(self, producer: Sequence[str], consumer: Sequence[str], *, timeout: float | None = None) -> CommandResult:
-        """Stream ``producer``'s stdout into ``consumer``'s stdin (no temp file); raise if either fails."""
+    def pipe(self, producer: Sequence[str], consumers: Sequence[Sequence[str]], *,
+             timeout: float | None = None) -> list[CommandResult]:
+        """Stream ``producer``'s stdout into every consumer's stdin at once (no temp file).
+
+        Raises :class:`CommandError` if the producer fails; returns one result per consumer (check
+        their return codes: one failing consumer does not stop the others).
+        """
         ...
 
 
@@ -144,46 +153,108 @@ class SubprocessRunner:
         return result
 
 
-    def pipe(self, producer: Sequence[str], consumer: Sequence[str], *, timeout: float | None = None) -> CommandResult:
-        shown_p, shown_c = self.redactor.argv(producer), self.redactor.argv(consumer)
-        log.debug("pipe: %s | %s", " ".join(shown_p), " ".join(shown_c))
+    def pipe(self, producer: Sequence[str], consumers: Sequence[Sequence[str]], *,
+             timeout: float | None = None) -> list[CommandResult]:
+        shown_p = self.redactor.argv(producer)
+        shown_cs = [self.redactor.argv(c) for c in consumers]
+        log.debug("pipe: %s | %s", " ".join(shown_p), " & ".join(" ".join(c) for c in shown_cs))
         started = time.monotonic()
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            prod = subprocess.Popen(list(producer), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        except FileNotFoundError as exc:
-            raise CommandError(shown_p, 127, "", f"{producer[0]}: command not found",
-                               hint=f"install {producer[0]} or put it on PATH") from exc
-        try:
-            cons = subprocess.Popen(list(consumer), stdin=prod.stdout, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE)
-        except FileNotFoundError as exc:
-            prod.kill()
-            prod.wait()
-            raise CommandError(shown_c, 127, "", f"{consumer[0]}: command not found",
-                               hint=f"install {consumer[0]} or put it on PATH") from exc
-        assert prod.stdout is not None
-        prod.stdout.close()  # the consumer holds the only read end: a dying consumer stops the producer
-        try:
-            out, err = cons.communicate(timeout=timeout)
-            prod_err = prod.stderr.read() if prod.stderr else b""
-            prod.wait(timeout=30)
-        except subprocess.TimeoutExpired as exc:
-            for proc in (prod, cons):
+            for argv, shown in zip(consumers, shown_cs, strict=True):
+                procs.append(_popen(argv, shown, stdin=subprocess.PIPE))
+            prod = _popen(producer, shown_p, stdin=None)
+        except CommandError:
+            for proc in procs:
                 proc.kill()
                 proc.wait()
-            raise CommandError((*shown_p, "|", *shown_c), -1, "", f"timed out after {timeout} s",
-                               hint="the transfer hung; check the engine and the node") from exc
+            raise
+        outputs: list[list[bytes]] = [[b"", b""] for _ in procs]
+        drains = [threading.Thread(target=_drain, args=(proc, outputs[i]), daemon=True)
+                  for i, proc in enumerate(procs)]
+        prod_err: list[bytes] = [b""]
+
+        def read_producer_stderr() -> None:
+            prod_err[0] = prod.stderr.read() if prod.stderr else b""
+
+        err_thread = threading.Thread(target=read_producer_stderr, daemon=True)
+        for t in [*drains, err_thread]:
+            t.start()
+        assert prod.stdout is not None
+        deadline = None if timeout is None else started + timeout
+        # One writer thread and a bounded queue per consumer: a slow node does not stall the others.
+        queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=_PIPE_QUEUE) for _ in procs]
+        dead: set[int] = set()
+
+        def feed(index: int) -> None:
+            proc, q = procs[index], queues[index]
+            assert proc.stdin is not None
+            while (chunk := q.get()) is not None:
+                if index in dead:
+                    continue  # keep draining so the producer never blocks on a dead consumer
+                try:
+                    proc.stdin.write(chunk)
+                except (BrokenPipeError, OSError):
+                    dead.add(index)  # this consumer died; its exit code tells why
+            with contextlib.suppress(BrokenPipeError, OSError):
+                proc.stdin.close()
+
+        feeders = [threading.Thread(target=feed, args=(i,), daemon=True) for i in range(len(procs))]
+        for t in feeders:
+            t.start()
+        try:
+            while chunk := prod.stdout.read(1 << 20):
+                for q in queues:
+                    q.put(chunk)
+                if len(dead) == len(procs) or (deadline is not None and time.monotonic() > deadline):
+                    break
         finally:
-            if prod.stderr:
-                prod.stderr.close()
+            for q in queues:
+                q.put(None)
+        for t in feeders:
+            t.join(timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
+        live = [p for i, p in enumerate(procs) if i not in dead]
+        timed_out = deadline is not None and time.monotonic() > deadline
+        if timed_out or not live:
+            prod.kill()
+        remaining = None if deadline is None else max(1.0, deadline - time.monotonic())
+        try:
+            prod.wait(timeout=remaining)
+            for proc in procs:
+                proc.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        if timed_out:
+            for proc in [prod, *procs]:
+                proc.kill()
+                proc.wait()
+            raise CommandError((*shown_p, "|", *shown_cs[0]), -1, "", f"timed out after {timeout} s",
+                               hint="the transfer hung; check the engine and the node")
+        for t in [*drains, err_thread]:
+            t.join(timeout=10)
         seconds = time.monotonic() - started
-        if prod.returncode != 0:
-            raise CommandError(shown_p, prod.returncode, "", self.redactor.text(_decode(prod_err)))
-        if cons.returncode != 0:
-            raise CommandError(shown_c, cons.returncode, self.redactor.text(_decode(out)),
-                               self.redactor.text(_decode(err)))
-        return CommandResult((*shown_p, "|", *shown_c), 0, self.redactor.text(_decode(out)),
-                             self.redactor.text(_decode(err)), seconds)
+        if prod.returncode != 0 and live:
+            raise CommandError(shown_p, prod.returncode, "", self.redactor.text(_decode(prod_err[0])))
+        return [CommandResult(shown, proc.returncode, self.redactor.text(_decode(out[0])),
+                              self.redactor.text(_decode(out[1])), seconds)
+                for shown, proc, out in zip(shown_cs, procs, outputs, strict=True)]
+
+
+def _popen(argv: Sequence[str], shown: tuple[str, ...], stdin: int | None) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError as exc:
+        raise CommandError(shown, 127, "", f"{argv[0]}: command not found",
+                           hint=f"install {argv[0]} or put it on PATH") from exc
+
+
+def _drain(proc: subprocess.Popen[bytes], sink: list[bytes]) -> None:
+    """Read a consumer's stdout and stderr so it never blocks on a full pipe."""
+    err_reader = threading.Thread(target=lambda: sink.__setitem__(1, proc.stderr.read() if proc.stderr else b""),
+                                  daemon=True)
+    err_reader.start()
+    sink[0] = proc.stdout.read() if proc.stdout else b""
+    err_reader.join()
 
 
 def _decode(data: bytes | str | None) -> str:

@@ -41,5 +41,6 @@ class RecordingRunner:
                 return CommandResult(call, code, out, err, 0.0)
         raise AssertionError(f"unexpected command: {call}")
 
-    def pipe(self, producer: Sequence[str], consumer: Sequence[str], *, timeout: float | None = None) -> CommandResult:
-        return self.run([*producer, "|", *consumer], timeout=timeout)
+    def pipe(self, producer: Sequence[str], consumers: Sequence[Sequence[str]], *,
+             timeout: float | None = None) -> list[CommandResult]:
+        return [self.run([*producer, "|", *c], timeout=timeout, check=False) for c in consumers]

@@ -59,13 +59,20 @@ def test_command_builder_skips_none() -> None:
     assert Command(["a"]).add_repeated("-t", ["x", "y"]) == ["a", "-t", "x", "-t", "y"]
 
 
-def test_pipe_streams_between_processes() -> None:
-    res = SubprocessRunner().pipe(["python3", "-c", "print('x' * 100000)"], ["wc", "-c"])
-    assert res.stdout.strip() == "100001"
+def test_pipe_fans_one_stream_out_to_every_consumer() -> None:
+    producer = ["python3", "-c", "import sys; sys.stdout.write('x' * 5_000_000)"]
+    results = SubprocessRunner().pipe(producer, [["wc", "-c"], ["wc", "-c"], ["sha256sum"]])
+    assert [r.stdout.strip() for r in results[:2]] == ["5000000", "5000000"]
+    assert all(r.returncode == 0 for r in results)
 
 
-def test_pipe_reports_the_failing_side() -> None:
+def test_pipe_keeps_feeding_the_others_when_one_consumer_dies() -> None:
+    producer = ["python3", "-c", "import sys; sys.stdout.write('y' * 3_000_000)"]
+    died, ok = SubprocessRunner().pipe(producer, [["python3", "-c", "import sys; sys.exit(4)"], ["wc", "-c"]])
+    assert died.returncode == 4
+    assert ok.stdout.strip() == "3000000"
+
+
+def test_pipe_raises_when_the_producer_fails() -> None:
     with pytest.raises(CommandError, match="exit 3"):
-        SubprocessRunner().pipe(["python3", "-c", "import sys; sys.exit(3)"], ["cat"])
-    with pytest.raises(CommandError, match="exit 4"):
-        SubprocessRunner().pipe(["echo", "hi"], ["python3", "-c", "import sys; sys.exit(4)"])
+        SubprocessRunner().pipe(["python3", "-c", "import sys; sys.exit(3)"], [["cat"]])
