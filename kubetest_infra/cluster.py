@@ -264,7 +264,18 @@ class KindClusters:
         validate_cluster_name(name)
         kubeconfig = self.kubeconfig_path(name)
         kubeconfig.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._kind("delete", "cluster", "--name", name, "--kubeconfig", str(kubeconfig), timeout=300)
+        for attempt in range(3):
+            try:
+                self._kind("delete", "cluster", "--name", name, "--kubeconfig", str(kubeconfig), timeout=300)
+                break
+            except CommandError as exc:
+                # The engine sometimes reports a removal "already in progress" under load: wait, check, retry.
+                time.sleep(2 * (attempt + 1))
+                if not self._kind("get", "nodes", "--name", name, timeout=60).split():
+                    break
+                if attempt == 2:
+                    raise ClusterError(f"kind delete cluster {name} failed\n" + kind_error_summary(exc.stderr),
+                                       hint=f"retry 'kind delete cluster --name {name}'; check 'docker ps -a'") from exc
         shutil.rmtree(self.cluster_dir(name), ignore_errors=True)
 
     def _write_kubeconfig(self, name: str) -> None:
