@@ -45,3 +45,66 @@ def test_bad_run_id_is_a_usage_error_with_hint(pytester: pytest.Pytester) -> Non
     result = pytester.runpytest_subprocess("--kti-run-id", "bad id")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--kti-run-id*not a valid run id*", "*Hint:*"])
+
+
+SUITE_YAML = """
+name: fake
+cluster: {name: kti-fake}
+images: {}
+services:
+  web: {manifests: [./web.yaml]}
+"""
+
+FAKE_CONFTEST = '''
+import json, os, pathlib, time
+import kubetest_infra.orchestrate as orch
+
+LOG = pathlib.Path(os.environ["KTI_TEST_OUT"])
+
+def fake_up(self):
+    (LOG / f"created-{os.getpid()}").write_text(self.run_id)
+    time.sleep(1.0)  # other workers arrive while the environment is being created
+    return orch.Environment(self.suite.name, self.run_id, "kti-fake", str(LOG / "kubeconfig"), "fake",
+                            {"web": "localhost/web:fake-" + self.run_id}, {}, {"web": "http://127.0.0.1:1"}, False)
+
+def fake_down(suite, engine, clusters):
+    (LOG / f"down-{os.getpid()}").write_text(str(len(list(LOG.glob("test-*")))))
+    return ["cluster kti-fake"]
+
+orch.Orchestrator.up = fake_up
+orch.down = fake_down
+'''
+
+ENV_TEST = """
+import os, pathlib
+def test_env(kti_env, kti_images, worker_id, request):
+    out = pathlib.Path(os.environ["KTI_TEST_OUT"])
+    name = request.node.module.__name__
+    (out / f"test-{worker_id}-{os.getpid()}-{name}").write_text(kti_env.run_id + " " + kti_images["web"])
+"""
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_kti_env_is_created_once_shared_by_all_workers_and_torn_down_once(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """The xdist coordination of kti_env (lock, state file, controller tear-down) with a fake orchestrator;
+    the real orchestrator is exercised by suites/datastorage under -n 2 in the kind tier."""
+    out = pytester.mkdir("out")
+    monkeypatch.setenv("KTI_TEST_OUT", str(out))
+    monkeypatch.delenv("KTI_RUN_ID", raising=False)
+    suite = pytester.mkdir("suite")
+    (suite / "suite.yaml").write_text(SUITE_YAML)
+    (suite / "web.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\n")
+    pytester.makeconftest(FAKE_CONFTEST)
+    pytester.makepyfile(**{f"test_e{i}": ENV_TEST for i in range(8)})
+    result = pytester.runpytest_subprocess("-n", str(workers), "--kti-suite", str(suite))
+    result.assert_outcomes(passed=8)
+    created = list(out.glob("created-*"))
+    assert len(created) == 1, [p.name for p in created]
+    tests = list(out.glob("test-*"))
+    assert len({t.name.split("-")[1] for t in tests}) > 1, "the tests ran on several workers"
+    assert {t.read_text() for t in tests} == {f"{created[0].read_text()} localhost/web:fake-{created[0].read_text()}"}
+    downs = list(out.glob("down-*"))
+    assert len(downs) == 1
+    assert downs[0].read_text() == "8", "torn down after every test of every worker finished"
+    assert downs[0].name.split("-")[1] not in {t.name.split("-")[2] for t in tests}, "the controller tears down"
