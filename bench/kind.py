@@ -11,7 +11,6 @@ Run: ``.venv/bin/python bench/kind.py [--repeats 3] [--keep]``; prints JSON, wri
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -25,6 +24,8 @@ from kubernetes import client, config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import base_image, write_results
+
 from conftest import lab_kind_binary, lab_node_image
 from kubetest_infra.apply import Applier
 from kubetest_infra.build import Builder, BuildSpec
@@ -36,14 +37,6 @@ from kubetest_infra.tags import new_run_id
 from kubetest_infra.wait import PodStartError, Target, Waiter, WaitPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def base_image() -> str:
-    if os.environ.get("PYTHON_IMAGE"):
-        return os.environ["PYTHON_IMAGE"]
-    out = subprocess.run(["bash", str(ROOT / "hack" / "base-images"), "python"], capture_output=True, text=True,
-                         check=True).stdout
-    return out.strip().split("=", 1)[1]
 
 
 def remove_from_nodes(engine_bin: str, nodes: list[str], ref: str) -> None:
@@ -110,10 +103,7 @@ def main() -> int:
         remove_run_images(engine, run_id)
         if not args.keep:
             clusters.delete(cluster.name)
-    text = json.dumps(results, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
+    write_results(results, args.out)
     return 0
 
 

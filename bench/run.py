@@ -8,17 +8,17 @@ same run. Images created here are removed at the end (by run id).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from common import base_image, write_results
 
 from kubetest_infra.build import Builder, BuildSpec
 from kubetest_infra.cleanup import remove_run_images
@@ -142,14 +142,6 @@ def bench_parallel(tmp: Path, base: str, repeats: int) -> dict[str, object]:
     }
 
 
-def base_image() -> str:
-    if os.environ.get("PYTHON_IMAGE"):
-        return os.environ["PYTHON_IMAGE"]
-    out = subprocess.run(["bash", str(ROOT / "hack" / "base-images"), "python"], capture_output=True, text=True,
-                         check=True).stdout
-    return out.strip().split("=", 1)[1]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", default="digest,reuse,parallel")
@@ -173,10 +165,7 @@ def main() -> int:
                 results["parallel_vs_sequential_3_images"] = bench_parallel(tmp, base, args.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = json.dumps(results, indent=2, default=str)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
+    write_results(results, args.out)
     return 0
 
 

@@ -14,7 +14,6 @@ Needs the environment of hack/setup (source .kti/env).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import write_results
 
 from kubetest_infra.apply import Applier
 from kubetest_infra.build import Builder, BuildSpec, BuiltImage
@@ -157,10 +158,7 @@ def main() -> int:
             remove_run_images(engine, rid)
         if clusters.exists(suite.cluster.name):
             clusters.delete(suite.cluster.name)
-    text = json.dumps(results, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
+    write_results(results, args.out)
     return 0
 
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from kubetest_infra.build import BuiltImage
 from kubetest_infra.engine import Engine
@@ -64,6 +64,15 @@ _RESOLVE = (
 )
 
 
+def _json_doc(text: str) -> dict[str, Any]:
+    """A JSON object from ctr's output, or {} when there is none."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def normalize_ref(ref: str) -> str:
     """containerd's name for a reference: ``redis:7`` → ``docker.io/library/redis:7``."""
     parsed = parse_ref(ref)
@@ -97,12 +106,7 @@ class Loader:
         """The image id (config digest) behind a manifest or index digest in the node's content store."""
         res = self.engine.run("exec", node, "ctr", "-n", "k8s.io", "content", "get", target, check=False,
                               timeout=60)
-        if res.returncode != 0:
-            return None
-        try:
-            doc = json.loads(res.stdout)
-        except ValueError:
-            return None
+        doc = _json_doc(res.stdout) if res.returncode == 0 else {}
         if isinstance(doc.get("config"), dict):
             return str(doc["config"].get("digest"))
         for entry in doc.get("manifests") or []:  # an index: the linux/amd64 (or only) manifest
@@ -115,11 +119,8 @@ class Loader:
         """The image id the node's containerd resolves ``ref`` to, or None (one exec per call)."""
         # The reference is a positional parameter of a fixed script, never part of the script text.
         res = self.engine.run("exec", node, "sh", "-c", _RESOLVE, "kti", normalize_ref(ref), check=False, timeout=60)
-        if res.returncode != 0 or not res.stdout.strip():
-            return None
-        try:
-            doc = json.loads(res.stdout)
-        except ValueError:
+        doc = _json_doc(res.stdout) if res.returncode == 0 else {}
+        if not doc:
             return None
         if isinstance(doc.get("config"), dict):
             return str(doc["config"].get("digest"))
