@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.kind
+pytestmark = [pytest.mark.kind, pytest.mark.xdist_group("kind")]  # one xdist worker owns the lab clusters
 
 LAB = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("KTI_LAB_CACHE", "/var/cache/kti-lab"))
