@@ -326,6 +326,11 @@ class KindClusters:
                 holders[int(m.group(1))] = name
         return holders
 
+    def export_logs(self, name: str, out_dir: Path) -> None:
+        """``kind export logs`` of a cluster into ``out_dir`` (node journals, container logs)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._kind("export", "logs", str(out_dir), "--name", name, timeout=300)
+
     def node_images(self, node: str) -> list[str]:
         """Image references in a node's containerd (for hints), without digest-only names."""
         out = self.engine.run("exec", node, "ctr", "-n", "k8s.io", "images", "ls", "-q", timeout=60).stdout

@@ -46,6 +46,7 @@ from kubetest_infra.tags import image_ref, resolve_run_id
 from kubetest_infra.wait import Target, Waiter, WaitPolicy
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "Pod")
+EXPORT_LOGS_ENV = "KTI_KIND_EXPORT_LOGS"  # "1": diagnostics bundles include `kind export logs`
 
 
 class ServiceCheckError(KtiError):
@@ -266,9 +267,11 @@ class Orchestrator:
         targets = [Target(o["kind"], o["metadata"]["name"], self.suite.namespace)
                    for o in rendered.objects if o["kind"] in WORKLOADS]
         diag_dir = Path(cluster.kubeconfig).parent / "diagnostics"
+        export = partial(self.clusters.export_logs, cluster.name) if os.environ.get(EXPORT_LOGS_ENV) == "1" else None
         waiter = Waiter(api, _with_timeout(self.wait_policy, svc.timeout), node_images=self.clusters.node_images,
                         diagnose=lambda ts, why: str(collect(api, ts, why, diag_dir, nodes=cluster.nodes,
-                                                             node_images=self.clusters.node_images)))
+                                                             node_images=self.clusters.node_images,
+                                                             kind_export=export)))
         waiter.wait(targets)
         deadline = time.monotonic() + (svc.timeout or 120)
         if svc.http is not None:
