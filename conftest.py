@@ -74,13 +74,11 @@ def kind_tier_problem() -> str | None:
 TIERS = {"docker": docker_tier_problem, "kind": kind_tier_problem}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's loadgroup reads the xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.fspath))
-        if "kind" in path.parts[-3:-1] or item.get_closest_marker("kind"):
+        if "kind" in path.parts[-3:-1]:
             item.add_marker(pytest.mark.kind)
-            item.add_marker(pytest.mark.xdist_group(name="kind"))  # one worker owns the test clusters
         elif "integration" in path.parts:
             item.add_marker(pytest.mark.docker)
 

@@ -1,7 +1,7 @@
 """Fixtures for the kind tier: one test cluster per session (2 nodes), created with our library.
 
-All kind tests run on one xdist worker (``xdist_group("kind")``, ``--dist loadgroup``), which owns the
-cluster; it is deleted at the end unless ``KTI_KEEP_CLUSTER=1``.
+hack/test runs the kind tier serially: the session owns the cluster and deletes it at the end unless
+``KTI_KEEP_CLUSTER=1`` (cluster creation is also serialised by a per-name file lock).
 """
 
 from __future__ import annotations
