@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from kubetest_infra.wait import Target
+from kubetest_infra.wait import Target, read_workload
 
 NodeImages = Callable[[str], Sequence[str]]
 
@@ -46,7 +46,7 @@ def collect(
     for sub in ("objects", "pods", "logs", "nodes"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
-    core, apps, batch = client.CoreV1Api(api_client), client.AppsV1Api(api_client), client.BatchV1Api(api_client)
+    core = client.CoreV1Api(api_client)
     ser = api_client.sanitize_for_serialization
 
     def attempt(what: str, fn: Callable[[], object]) -> None:
@@ -56,12 +56,8 @@ def collect(
             errors.append(f"{what}: {type(exc).__name__}: {exc}")
 
     (root / "summary.txt").write_text(f"reason: {reason}\ntargets: {', '.join(map(str, targets))}\n")
-    readers = {"Deployment": apps.read_namespaced_deployment, "StatefulSet": apps.read_namespaced_stateful_set,
-               "DaemonSet": apps.read_namespaced_daemon_set, "Job": batch.read_namespaced_job,
-               "Pod": core.read_namespaced_pod}
     for t in targets:
-        if t.kind in readers:
-            attempt(f"read {t}", partial(_read_dump, readers[t.kind], ser, t, root / "objects"))
+        attempt(f"read {t}", partial(_read_dump, api_client, t, root / "objects"))
     for ns in sorted({t.namespace for t in targets}):
         attempt(f"events {ns}", partial(_events, core, ns, root / "events.txt"))
         attempt(f"pods {ns}", partial(_pods, core, ser, ns, root, errors))
@@ -75,8 +71,8 @@ def collect(
     return root
 
 
-def _read_dump(reader: Callable[[str, str], Any], ser: Callable[[Any], Any], t: Target, out: Path) -> None:
-    _dump(out / f"{t.kind}-{t.name}.yaml", ser(reader(t.name, t.namespace)))
+def _read_dump(api_client: Any, t: Target, out: Path) -> None:
+    _dump(out / f"{t.kind}-{t.name}.yaml", read_workload(api_client, t))
 
 
 def _node_images(node_images: NodeImages, node: str, out: Path) -> None:

@@ -43,7 +43,7 @@ from kubetest_infra.load import Loader
 from kubetest_infra.render import PLACEHOLDER, load_manifests, render
 from kubetest_infra.suite import Service, Suite
 from kubetest_infra.tags import image_ref, resolve_run_id
-from kubetest_infra.wait import Target, Waiter, WaitPolicy
+from kubetest_infra.wait import Target, Waiter, WaitPolicy, read_workload, selector_for
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "Pod")
 EXPORT_LOGS_ENV = "KTI_KIND_EXPORT_LOGS"  # "1": diagnostics bundles include `kind export logs`
@@ -381,20 +381,13 @@ def service_logs(env: Environment, suite: Suite, service: str, tail: int = 200) 
                           hint=f"services: {', '.join(sorted(suite.services))}")
     api = env.api_client()
     core: Any = client.CoreV1Api(api)
-    apps: Any = client.AppsV1Api(api)
     objs, _ = load_manifests(suite.services[service].manifests)
     out: list[str] = []
     for obj in objs:
         kind, name = obj["kind"], obj["metadata"]["name"]
-        if kind in ("Deployment", "StatefulSet", "DaemonSet"):
-            reader = {"Deployment": apps.read_namespaced_deployment, "StatefulSet": apps.read_namespaced_stateful_set,
-                      "DaemonSet": apps.read_namespaced_daemon_set}[kind]
-            labels = reader(name, env.namespace).spec.selector.match_labels or {}
-            selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        elif kind == "Job":
-            selector = f"job-name={name}"
-        else:
+        if kind not in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
             continue
+        selector = selector_for(kind, read_workload(api, Target(kind, name, env.namespace)))
         for pod in core.list_namespaced_pod(env.namespace, label_selector=selector).items:
             for c in pod.spec.containers:
                 text = core.read_namespaced_pod_log(pod.metadata.name, env.namespace, container=c.name,

@@ -224,6 +224,20 @@ def selector_for(kind: str, obj: Obj) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
+def read_workload(api_client: Any, target: Target) -> Obj:
+    """One Deployment, StatefulSet, DaemonSet, Job or Pod in its JSON form (camelCase)."""
+    apps, batch, core = client.AppsV1Api(api_client), client.BatchV1Api(api_client), client.CoreV1Api(api_client)
+    readers: dict[str, Callable[[str, str], Any]] = {
+        "Deployment": apps.read_namespaced_deployment, "StatefulSet": apps.read_namespaced_stateful_set,
+        "DaemonSet": apps.read_namespaced_daemon_set, "Job": batch.read_namespaced_job,
+        "Pod": core.read_namespaced_pod,
+    }
+    if target.kind not in readers:
+        raise KtiError(f"cannot read {target}", hint="workloads are Deployment, StatefulSet, DaemonSet, Job or Pod")
+    obj: Obj = api_client.sanitize_for_serialization(readers[target.kind](target.name, target.namespace))
+    return obj
+
+
 NodeImages = Callable[[str], Sequence[str]]
 Diagnose = Callable[[Sequence[Target], str], str]
 
@@ -284,24 +298,15 @@ class Waiter:
         return max(deadlines) if deadlines else 300.0
 
     def _fetch(self, target: Target, with_pods: bool = True) -> tuple[Obj, list[Obj]]:
-
-        ser = self.api_client.sanitize_for_serialization
-        core, apps, batch = client.CoreV1Api(self.api_client), client.AppsV1Api(self.api_client), \
-            client.BatchV1Api(self.api_client)
-        readers = {
-            "Deployment": apps.read_namespaced_deployment, "StatefulSet": apps.read_namespaced_stateful_set,
-            "DaemonSet": apps.read_namespaced_daemon_set, "Job": batch.read_namespaced_job,
-            "Pod": core.read_namespaced_pod,
-        }
-        if target.kind not in readers:
-            raise KtiError(f"cannot wait for {target}", hint="wait for Deployment, StatefulSet, DaemonSet, Job or Pod")
-        obj = ser(readers[target.kind](target.name, target.namespace))
+        obj = read_workload(self.api_client, target)
         if not with_pods:
             return obj, []
         if target.kind == "Pod":
             return obj, [obj]
+        core = client.CoreV1Api(self.api_client)
         selector = selector_for(target.kind, obj)
-        pods = ser(core.list_namespaced_pod(target.namespace, label_selector=selector)).get("items") or []
+        listed = core.list_namespaced_pod(target.namespace, label_selector=selector)
+        pods: list[Obj] = self.api_client.sanitize_for_serialization(listed).get("items") or []
         return obj, pods
 
     def _wait_for_event(self, core: Any, namespaces: Sequence[str], seconds: float) -> None:
