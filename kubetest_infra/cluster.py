@@ -20,7 +20,6 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -350,13 +349,3 @@ def kind_error_summary(stderr: str, limit: int = 25) -> str:
     errors = [line for line in keep if "ERROR" in line or "error" in line.lower() or "failed" in line.lower()]
     chosen = (errors[:5] + [line for line in keep if line not in errors])[:limit]
     return "\n".join(chosen)
-
-
-def published(cluster: Cluster, mappings: Sequence[PortMapping], container_port: int) -> str:
-    """``http://host:port`` of a container port mapped by ``extraPortMappings``."""
-    for p in mappings:
-        if p.container_port == container_port:
-            host = "127.0.0.1" if p.listen_address in ("0.0.0.0", "") else p.listen_address  # noqa: S104
-            return f"http://{host}:{p.host_port}"
-    raise ConfigError(f"cluster {cluster.name}: container port {container_port} is not mapped to the host",
-                      hint="add it to the cluster's port mappings")

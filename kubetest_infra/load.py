@@ -161,9 +161,6 @@ class Loader:
         self.verify(image, [r.node for r in results if r.action != "present"])
         return LoadedImage(image.ref, image.image_id, tuple(results), time.monotonic() - started)
 
-    def load_many(self, images: Sequence[BuiltImage], nodes: Sequence[str]) -> dict[str, LoadedImage]:
-        return {img.name: self.load(img, nodes) for img in images}
-
     def verify(self, image: BuiltImage, nodes: Sequence[str]) -> None:
         if not nodes:
             return

@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any
 from kubernetes import client, config
 
 from kubetest_infra.apply import Applier
-from kubetest_infra.build import Builder, BuildSpec, BuiltImage
+from kubetest_infra.build import LABEL_DIGEST, Builder, BuildSpec, BuiltImage
 from kubetest_infra.cleanup import remove_run_images
 from kubetest_infra.cluster import Cluster, ClusterConfig, KindClusters
 from kubetest_infra.diagnostics import collect
@@ -219,7 +219,7 @@ class Orchestrator:
                 pulled = self.engine.run("pull", ref, check=False, timeout=300)
                 info = self.engine.inspect_image(ref) if pulled.returncode == 0 else None
             if info is not None:
-                return BuiltImage(name, ref, info.id, info.labels.get("io.kubetest-infra.input-digest", ""), True,
+                return BuiltImage(name, ref, info.id, info.labels.get(LABEL_DIGEST, ""), True,
                                   0.0, 0.0, self.engine.name, self.run_id)
             if override:
                 raise ConfigError(f"${ext.env}={override} is not in the {self.engine.name} engine",
@@ -293,34 +293,38 @@ def _with_timeout(policy: WaitPolicy, timeout: float | None) -> WaitPolicy:
 
 
 def _wait_http(url: str, status: int, deadline: float, service: str) -> None:
-    last = ""
-    while time.monotonic() < deadline:
+    def probe() -> str | None:
         try:
             with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - loopback NodePort
-                if resp.status == status:
-                    return
-                last = f"HTTP {resp.status}"
+                code = resp.status
         except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
-            if exc.code == status:
-                return
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.5)
-    raise ServiceCheckError(f"service {service}: {url} did not answer {status} (last: {last})",
-                            hint="check the NodePort and the cluster's port mappings in the suite file")
+            code = exc.code
+        return None if code == status else f"HTTP {code}"
+
+    _poll(probe, deadline, f"service {service}: {url} did not answer {status}")
 
 
 def _wait_tcp(host: str, port: int, deadline: float, service: str) -> None:
+    def probe() -> str | None:
+        with socket.create_connection((host, port), timeout=2):
+            return None
+
+    _poll(probe, deadline, f"service {service}: {host}:{port} refused connections")
+
+
+def _poll(probe: Callable[[], str | None], deadline: float, failure: str) -> None:
+    """Call ``probe`` every 0.5 s until it returns None (ready) or the deadline passes."""
     last = ""
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((host, port), timeout=2):
-                return
+            outcome = probe()
         except OSError as exc:
-            last = str(exc)
+            outcome = str(exc)
+        if outcome is None:
+            return
+        last = outcome
         time.sleep(0.5)
-    raise ServiceCheckError(f"service {service}: {host}:{port} refused connections ({last})",
+    raise ServiceCheckError(f"{failure} (last: {last})",
                             hint="check the NodePort and the cluster's port mappings in the suite file")
 
 

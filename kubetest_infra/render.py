@@ -236,7 +236,8 @@ def render(
 
     if problems:
         raise DriftError(problems)
-    used = {s.image for s in subs} | {n for n, r in images.items() if _ref_used(out, r)}
+    dumped = yaml.safe_dump_all(out)  # once, not once per image
+    used = {s.image for s in subs} | {n for n, r in images.items() if r in dumped}
     unused = tuple(sorted(set(images) - used))
     warnings = tuple(f"built image {n!r} ({images[n]}) is used by no manifest" for n in unused)
     return Rendered(tuple(out), tuple(sources), tuple(subs), unused, warnings)
@@ -377,11 +378,3 @@ def _join(tokens: Sequence[str | int | None]) -> str:
     for t in tokens:
         out += f".{t}" if isinstance(t, str) else f"[{'*' if t is None else t}]"
     return out.lstrip(".")
-
-
-def _ref_used(objects: Sequence[Obj], ref: str) -> bool:
-    return any(ref in yaml.safe_dump(o) for o in objects)
-
-
-def dump_all(objects: Iterable[Obj]) -> str:
-    return yaml.safe_dump_all(list(objects), sort_keys=False)
