@@ -66,20 +66,10 @@ def pytest_configure(config: pytest.Config) -> None:
             resolve_run_id(run_id)
         except KtiError as exc:
             raise pytest.UsageError(f"--kti-run-id: {exc}") from exc
-    if _is_controller(config) and not os.environ.get("KTI_RUN_ID") and not run_id:
-        # One id for the whole session: workers inherit the environment of the controller.
-        os.environ.setdefault("KTI_SESSION_RUN_ID", os.environ.get("PYTEST_XDIST_TESTRUNUID", "") or new_run_id())
 
 
 def _is_controller(config: pytest.Config) -> bool:
     return not hasattr(config, "workerinput")
-
-
-def _run_id(config: pytest.Config) -> str:
-    explicit = config.getoption("kti_run_id")
-    if explicit or os.environ.get("KTI_RUN_ID") or os.environ.get("PYTEST_XDIST_TESTRUNUID"):
-        return resolve_run_id(explicit)
-    return resolve_run_id(os.environ.get("KTI_SESSION_RUN_ID") or None)
 
 
 def _shared_dir(config: pytest.Config) -> Path:
@@ -92,9 +82,10 @@ def _shared_dir(config: pytest.Config) -> Path:
 
 @pytest.fixture(scope="session")
 def kti_run_id(pytestconfig: pytest.Config) -> str:
-    """The run id of this test session; every xdist worker gets the same one."""
+    """The run id of this test session; every xdist worker derives the same one from
+    ``$PYTEST_XDIST_TESTRUNUID`` (see :func:`kubetest_infra.tags.resolve_run_id`)."""
     try:
-        return _run_id(pytestconfig)
+        return resolve_run_id(pytestconfig.getoption("kti_run_id"))
     except KtiError as exc:
         pytest.fail(str(exc), pytrace=False)
 
