@@ -5,7 +5,10 @@
 - The kubeconfig goes to a file of its own (``<state>/clusters/<name>/kubeconfig``, mode 0600, its
   directory 0700); ``~/.kube/config`` is never read or written (``--kubeconfig`` on every kind call).
 - Reuse needs the same name *and* the same config fingerprint (sha256 of the rendered kind config).
-  A cluster this library did not create is never deleted or recreated: that is an error with a hint.
+- Ownership: the cluster record (``state.json``: creator, owner process, fingerprint, phase) is written
+  *before* ``kind create`` runs, so a creation cut short (SIGKILL, a CI cancel, a timeout) is recognised
+  by the next ``ensure``/``delete``/``kti gc`` and removed. A cluster with no record was not created by
+  this library: it is never deleted or recreated (unless the user forces it), that is an error with a hint.
 - Host ports of ``extraPortMappings`` are checked before ``kind create``: a port held by another
   process or another Kind node is a :class:`PortCollisionError` naming the holder.
 - Transient ``kind create`` failures are retried (bounded, tenacity); real errors are not.
@@ -20,22 +23,23 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from filelock import FileLock
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_fixed
 
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import CommandError, ConfigError, KtiError
+from kubetest_infra.state import Owner, atomic_write, default_state_dir, locked, read_json, write_json
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?$")
 _TRANSIENT = ("context deadline exceeded", "connection reset", "tls handshake timeout", "i/o timeout",
               "failed to get api server endpoint", "etcdserver: request timed out")
-STATE_ENV = "KTI_STATE_DIR"
 KIND_ENV = "KTI_KIND"
+CREATED_BY = "kubetest-infra"
 
 
 class ClusterError(KtiError):
@@ -56,6 +60,10 @@ class ClusterMissingError(ClusterError):
 
 class PortCollisionError(ConfigError):
     """A host port of extraPortMappings is already taken."""
+
+
+class NotOwnedError(ClusterError):
+    """A cluster this library has no ownership record for: never deleted or recreated without --force."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +146,6 @@ def validate_cluster_name(name: str) -> str:
     return name
 
 
-def default_state_dir() -> Path:
-    env = os.environ.get(STATE_ENV)
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "kubetest-infra"
 
 
 def _transient(exc: BaseException) -> bool:
@@ -153,14 +155,15 @@ def _transient(exc: BaseException) -> bool:
 class KindClusters:
     """Kind through its CLI, with the run's engine as provider."""
 
-    def __init__(self, engine: Engine, state_dir: Path | None = None, kind_binary: str | None = None,
-                 create_attempts: int = 2, wait: str = "120s") -> None:
+    def __init__(self, engine: Engine, state_dir: Path | None = None, kind_binary: str | None = None, *,
+                 create_attempts: int = 2, wait: str = "120s", create_timeout: float = 600) -> None:
         self.engine = engine
         self.runner = engine.runner
         self.state_dir = state_dir or default_state_dir()
         self.kind = kind_binary or os.environ.get(KIND_ENV) or "kind"
         self.create_attempts = create_attempts
         self.wait = wait
+        self.create_timeout = create_timeout
 
     # -- helpers ---------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -179,13 +182,22 @@ class KindClusters:
     def kubeconfig_path(self, name: str) -> Path:
         return self.cluster_dir(name) / "kubeconfig"
 
-    def _state(self, name: str) -> dict[str, Any] | None:
-        path = self.cluster_dir(name) / "state.json"
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
+    def record(self, name: str) -> dict[str, Any] | None:
+        """The cluster record (None: no record, so not ours); a corrupt one is a StateError."""
+        data = read_json(self.cluster_dir(name) / "state.json", "cluster record")
+        if data is None or data.get("created_by") != CREATED_BY:
             return None
-        return data if isinstance(data, dict) else None
+        return data
+
+    _state = record  # the old private name, still used by kti status
+
+    def interrupted(self, name: str) -> bool:
+        """Was this cluster's creation cut short (record still ``creating``, its creator gone)?"""
+        rec = self.record(name)
+        if rec is None or rec.get("phase", "ready") != "creating":
+            return False
+        owner = rec.get("owner")
+        return owner is None or not Owner.from_json(owner).alive()
 
     # -- queries ---------------------------------------------------------------------------
     def exists(self, name: str) -> bool:
@@ -199,34 +211,42 @@ class KindClusters:
         return sorted(out)
 
     # -- changes ---------------------------------------------------------------------------
-    def ensure(self, config: ClusterConfig, *, reuse: bool = True, recreate: bool = False) -> Cluster:
+    def ensure(self, config: ClusterConfig, *, reuse: bool = True, recreate: bool = False,
+               on_create: Callable[[], None] | None = None) -> Cluster:
         """A ready cluster for ``config``: reused when name and fingerprint match, else (re)created.
 
-        Serialised per cluster name with a file lock, so parallel processes (xdist workers, two
-        terminals) never race to create the same cluster.
+        Serialised per cluster name with a file lock (bounded wait), so parallel processes (xdist
+        workers, two terminals) never race to create the same cluster. ``on_create`` runs just before
+        a cluster is created (a run records its intent there); it is not called when one is reused.
         """
-        lock_dir = self.state_dir / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(lock_dir / f"{config.name}.lock")):
-            return self._ensure(config, reuse=reuse, recreate=recreate)
+        with locked(self.state_dir / "locks" / f"{config.name}.lock", f"cluster {config.name}"):
+            return self._ensure(config, reuse=reuse, recreate=recreate, on_create=on_create)
 
-    def _ensure(self, config: ClusterConfig, *, reuse: bool, recreate: bool) -> Cluster:
+    def _ensure(self, config: ClusterConfig, *, reuse: bool, recreate: bool,
+                on_create: Callable[[], None] | None) -> Cluster:
         started = time.monotonic()
         fingerprint = config.fingerprint()
         if self.exists(config.name):
-            state = self._state(config.name)
-            ours = state is not None and state.get("created_by") == "kubetest-infra"
-            if ours and state is not None and state.get("fingerprint") == fingerprint and reuse and not recreate:
+            rec = self.record(config.name)
+            if rec is None:
+                raise NotOwnedError(
+                    f"a Kind cluster named {config.name!r} exists but was not created by kubetest-infra",
+                    hint=f"pick another cluster name in the suite, or delete it yourself "
+                    f"(kind delete cluster --name {config.name}; kti down --force)")
+            if self.interrupted(config.name):
+                self.delete(config.name)  # ours, but its creation was cut short: start again
+            elif rec.get("fingerprint") == fingerprint and reuse and not recreate:
                 self._write_kubeconfig(config.name)
                 return Cluster(config.name, self.kubeconfig_path(config.name), tuple(self.nodes(config.name)),
                                self.engine.name, True, time.monotonic() - started, fingerprint)
-            if not ours:
-                raise ClusterError(
-                    f"a Kind cluster named {config.name!r} exists but was not created by kubetest-infra",
-                    hint=f"pick another name, or delete it yourself (kind delete cluster --name {config.name})")
-            if not (recreate or reuse):
+            elif not (recreate or reuse):
                 raise ClusterError(f"cluster {config.name!r} exists", hint="pass reuse=True or recreate=True")
-            self.delete(config.name)
+            else:
+                self.delete(config.name)
+        elif (self.cluster_dir(config.name) / "state.json").exists():
+            self.forget(config.name)  # a record of ours for a cluster that is gone
+        if on_create is not None:
+            on_create()
         return self.create(config, started)
 
     def create(self, config: ClusterConfig, started: float | None = None) -> Cluster:
@@ -236,31 +256,54 @@ class KindClusters:
         cdir = self.cluster_dir(config.name)
         cdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(cdir, 0o700)
+        fingerprint = config.fingerprint()
+        record = {"created_by": CREATED_BY, "fingerprint": fingerprint, "config": asdict(config),
+                  "created": time.time(), "phase": "creating", "owner": Owner.current("kind create").to_json()}
+        write_json(cdir / "state.json", record)  # intent first: an interrupted create is recognised later
         cfg_path = cdir / "kind-config.yaml"
-        cfg_path.write_text(yaml.safe_dump(config.kind_config(), sort_keys=False))
+        atomic_write(cfg_path, yaml.safe_dump(config.kind_config(), sort_keys=False))
         kubeconfig = self.kubeconfig_path(config.name)
         args = ["create", "cluster", "--name", config.name, "--config", str(cfg_path), "--kubeconfig",
                 str(kubeconfig), "--wait", self.wait]
         create = retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(self.create_attempts),
                        wait=wait_fixed(2), reraise=True)(self._kind)
         try:
-            create(*args, timeout=600)
-        except CommandError as exc:
-            shutil.rmtree(cdir, ignore_errors=True)  # kind removed its nodes; drop our files too
-            raise ClusterError(f"kind create cluster {config.name} failed (exit {exc.returncode})\n"
-                               + kind_error_summary(exc.stderr),
-                               hint="read the kind output above; 'kind create cluster --retain' keeps the nodes "
-                               "for 'kind export logs'") from exc
+            create(*args, timeout=self.create_timeout)
+        except BaseException as exc:  # a failure, a timeout or an interrupt: remove what kind left
+            self._remove_failed(config.name)
+            if isinstance(exc, CommandError):
+                raise ClusterError(f"kind create cluster {config.name} failed (exit {exc.returncode})\n"
+                                   + kind_error_summary(exc.stderr),
+                                   hint="read the kind output above; 'kind create cluster --retain' keeps the "
+                                   "nodes for 'kind export logs'") from exc
+            raise
         os.chmod(kubeconfig, 0o600)
-        fingerprint = config.fingerprint()
-        (cdir / "state.json").write_text(json.dumps({
-            "created_by": "kubetest-infra", "fingerprint": fingerprint, "config": asdict(config),
-            "created": time.time()}, default=str))
+        write_json(cdir / "state.json", {**record, "phase": "ready"})
         return Cluster(config.name, kubeconfig, tuple(self.nodes(config.name)), self.engine.name, False,
                        time.monotonic() - started, fingerprint)
 
-    def delete(self, name: str) -> None:
+    def _remove_failed(self, name: str) -> None:
+        """After a failed or cut-short ``kind create``: delete its nodes (if any) and our files."""
+        try:
+            if self._kind("get", "nodes", "--name", name, timeout=60).split():
+                self._kind("delete", "cluster", "--name", name, "--kubeconfig", str(self.kubeconfig_path(name)),
+                           timeout=300)
+        except KtiError:
+            return  # keep the record: the next ensure/delete/gc sees an interrupted creation and finishes it
+        self.forget(name)
+
+    def forget(self, name: str) -> None:
+        """Drop our files of a cluster that no longer exists (record, kubeconfig, environment)."""
+        shutil.rmtree(self.cluster_dir(name), ignore_errors=True)
+
+    def delete(self, name: str, *, force: bool = False) -> None:
+        """Delete a cluster this library created (its record says so); ``force`` deletes any Kind cluster."""
         validate_cluster_name(name)
+        if not force and self.record(name) is None:
+            raise NotOwnedError(f"cluster {name!r} has no kubetest-infra ownership record; not deleting it",
+                                hint=f"it was not created by kubetest-infra (or its state directory "
+                                f"{self.cluster_dir(name)} was removed); delete it yourself with "
+                                f"'kind delete cluster --name {name}', or pass --force")
         kubeconfig = self.kubeconfig_path(name)
         kubeconfig.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         for attempt in range(3):
@@ -275,16 +318,11 @@ class KindClusters:
                 if attempt == 2:
                     raise ClusterError(f"kind delete cluster {name} failed\n" + kind_error_summary(exc.stderr),
                                        hint=f"retry 'kind delete cluster --name {name}'; check 'docker ps -a'") from exc
-        shutil.rmtree(self.cluster_dir(name), ignore_errors=True)
+        self.forget(name)
 
     def _write_kubeconfig(self, name: str) -> None:
         text = self._kind("get", "kubeconfig", "--name", name, timeout=60)
-        path = self.kubeconfig_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(path, 0o600)
+        atomic_write(self.kubeconfig_path(name), text, mode=0o600)
 
     def _check_node_image(self, config: ClusterConfig) -> None:
         if config.node_image and self.engine.inspect_image(config.node_image) is None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
 
 from kubetest_infra.build import LABEL_CONSUMER, LABEL_RUN, LABEL_SERVICE
 from kubetest_infra.cleanup import last_used, managed_images
-from kubetest_infra.cluster import KindClusters, default_state_dir
+from kubetest_infra.cluster import KindClusters
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import KtiError
+from kubetest_infra.session import describe_owner
+from kubetest_infra.state import EnvironmentStore, StateError, default_state_dir
 
 
 def _age(seconds: float) -> str:
@@ -31,12 +32,24 @@ def report(engine: Engine) -> str:
         lines.append(f"  (kind unavailable: {exc.message})")
     base = default_state_dir() / "clusters"
     for cdir in sorted(base.glob("*")) if base.is_dir() else []:
-        state = clusters._state(cdir.name) or {}
-        env_file = cdir / "environment.json"
-        run = json.loads(env_file.read_text()).get("run_id", "-") if env_file.is_file() else "-"
-        age = _age(time.time() - float(state.get("created", time.time())))
-        up = "running" if cdir.name in running else "gone"
-        lines.append(f"  {cdir.name:<24} {up:<8} run {run:<14} age {age:<5} kubeconfig {cdir / 'kubeconfig'}")
+        try:
+            state = clusters.record(cdir.name) or {}
+            rec = EnvironmentStore(clusters.state_dir, cdir.name).read()
+        except StateError as exc:
+            lines.append(f"  {cdir.name:<24} unreadable state: {exc.message}")
+            continue
+        phase = state.get("phase", "ready")
+        up = "creating" if phase == "creating" and not clusters.interrupted(cdir.name) else \
+            "interrupted" if phase == "creating" else ("running" if cdir.name in running else "gone")
+        created = float(state.get("created") or time.time())
+        run = rec.env.run_id if rec else "-"
+        lines.append(f"  {cdir.name:<24} {up:<11} run {run:<14} age {_age(max(0.0, time.time() - created)):<5} "
+                     f"kubeconfig {cdir / 'kubeconfig'}")
+        if rec is not None:
+            store = EnvironmentStore(clusters.state_dir, cdir.name)
+            leases = store.live_leases()
+            lines.append(f"    suite {rec.env.suite}: {describe_owner(rec)}; owns {len(rec.owned)} item(s)"
+                         + (f"; attached: {'; '.join(lease.owner.describe() for lease in leases)}" if leases else ""))
     if len(lines) == 1:
         lines.append("  none")
     lines.append("images (labelled io.kubetest-infra.managed):")
@@ -44,7 +57,7 @@ def report(engine: Engine) -> str:
     now = datetime.now(timezone.utc)
     for img in managed_images(engine):
         when = last_used(img)
-        age = _age((now - when).total_seconds()) if when else "?"
+        age = _age(max(0.0, (now - when).total_seconds())) if when else "?"
         for ref in img.repo_tags or ("<untagged>",):
             by_run[img.labels.get(LABEL_RUN, "?")].append(
                 f"{ref} (service {img.labels.get(LABEL_SERVICE, '?')}, suite {img.labels.get(LABEL_CONSUMER, '?')}, "

@@ -18,9 +18,10 @@ from kubernetes import client, config
 from conftest import lab_kind_binary, lab_node_image
 from kubetest_infra.build import Builder, BuildSpec, BuiltImage
 from kubetest_infra.cleanup import remove_run_images
-from kubetest_infra.cluster import Cluster, ClusterConfig, KindClusters, PortMapping, default_state_dir
+from kubetest_infra.cluster import Cluster, ClusterConfig, KindClusters, PortMapping
 from kubetest_infra.engine import Engine, get_engine
 from kubetest_infra.load import Loader
+from kubetest_infra.state import default_state_dir
 from kubetest_infra.tags import new_run_id
 
 ROOT = Path(__file__).resolve().parents[2]
