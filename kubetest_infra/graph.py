@@ -5,7 +5,9 @@ concurrently (bounded pool). Every task *returns* its value; nothing is written 
 (kubernaut lost a built image name inside a goroutine). On failure, every dependant of the failed
 task is cancelled and reported as such, independent tasks still finish, and all failures are
 collected into one :class:`GraphError`. A cycle or an unknown dependency is refused before anything
-starts. On Ctrl-C or a failure, undo actions registered by tasks run in reverse order (unless kept).
+starts. On Ctrl-C (or SIGTERM, see :mod:`.signals`) the running child processes are terminated, the
+tasks are not waited for beyond that, and the undo actions run in reverse order (unless kept) exactly
+once, shielded from further signals.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetest_infra.errors import ConfigError, KtiError
+from kubetest_infra.runner import terminate_children
+from kubetest_infra.signals import shielded, terminate_interrupts
 
 TaskFn = Callable[[Mapping[str, Any]], Any]  # receives the values of its dependencies
 
@@ -134,8 +138,13 @@ Listener = Callable[[str, str, float], None]  # (task id, event: start|ok|failed
 
 
 def run_graph(tasks: Sequence[Task], *, max_workers: int = 4, on_event: Listener | None = None,
-              undo: Undo | None = None, keep: bool = False) -> GraphResult:
-    """Run ``tasks``; see the module docstring. Raises :class:`GraphError` on any failure."""
+              undo: Undo | None = None, keep: bool = False,
+              on_interrupt: Callable[[], object] | None = None) -> GraphResult:
+    """Run ``tasks``; see the module docstring. Raises :class:`GraphError` on any failure.
+
+    ``on_interrupt`` runs first on Ctrl-C/SIGTERM: it should make running tasks return soon (stop
+    watches, set a cancel flag); child processes are terminated by the graph itself.
+    """
     validate(tasks)
     by_id = {t.id: t for t in tasks}
     dependants: dict[str, list[str]] = {t.id: [] for t in tasks}
@@ -171,27 +180,28 @@ def run_graph(tasks: Sequence[Task], *, max_workers: int = 4, on_event: Listener
 
     pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kti-task")
     try:
-        while True:
-            for tid in ready():
-                starts[tid] = time.monotonic() - t0
-                emit(tid, "start", 0.0)
-                task = by_id[tid]
-                running[pool.submit(task.fn, {d: values[d] for d in task.deps})] = tid
-            if not running:
-                break
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in done:
-                tid = running.pop(fut)
-                end = time.monotonic() - t0
-                try:
-                    values[tid] = fut.result()
-                    timings[tid] = Timing(tid, by_id[tid].kind, starts[tid], end, "ok")
-                    emit(tid, "ok", end - starts[tid])
-                except Exception as exc:
-                    failures[tid] = exc
-                    timings[tid] = Timing(tid, by_id[tid].kind, starts[tid], end, "failed")
-                    emit(tid, "failed", end - starts[tid])
-                    cancel_dependants(tid, f"{tid} failed")
+        with terminate_interrupts():
+            while True:
+                for tid in ready():
+                    starts[tid] = time.monotonic() - t0
+                    emit(tid, "start", 0.0)
+                    task = by_id[tid]
+                    running[pool.submit(task.fn, {d: values[d] for d in task.deps})] = tid
+                if not running:
+                    break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    tid = running.pop(fut)
+                    end = time.monotonic() - t0
+                    try:
+                        values[tid] = fut.result()
+                        timings[tid] = Timing(tid, by_id[tid].kind, starts[tid], end, "ok")
+                        emit(tid, "ok", end - starts[tid])
+                    except Exception as exc:
+                        failures[tid] = exc
+                        timings[tid] = Timing(tid, by_id[tid].kind, starts[tid], end, "failed")
+                        emit(tid, "failed", end - starts[tid])
+                        cancel_dependants(tid, f"{tid} failed")
     except KeyboardInterrupt:
         interrupted = True
         for fut, tid in running.items():
@@ -201,13 +211,19 @@ def run_graph(tasks: Sequence[Task], *, max_workers: int = 4, on_event: Listener
             if t.id not in values and t.id not in failures:
                 cancelled.setdefault(t.id, "interrupted")
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    ordered = tuple(sorted(timings.values(), key=lambda t: (t.start, t.id)))
+        with shielded("stopping the run's tasks and undoing what it created"):
+            if interrupted:
+                if on_interrupt is not None:
+                    on_interrupt()
+                terminate_children()  # tasks blocked on a subprocess end now; new ones are not started
+            pool.shutdown(wait=True, cancel_futures=True)
+            if interrupted:
+                terminate_children()  # a task that started a process between the two calls
+            ordered = tuple(sorted(timings.values(), key=lambda t: (t.start, t.id)))
+            if (failures or interrupted) and undo is not None and not keep:
+                for p in undo.run():
+                    failures[f"undo {p.split(':', 1)[0]}"] = KtiError(p)
     if failures or interrupted:
-        if undo is not None and not keep:
-            problems = undo.run()
-            for p in problems:
-                failures[f"undo {p.split(':', 1)[0]}"] = KtiError(p)
         raise GraphError(failures, cancelled, values, ordered, interrupted)
     return GraphResult(values, ordered, critical_path(tasks, timings), time.monotonic() - t0)
 

@@ -24,6 +24,37 @@ from kubetest_infra.errors import CommandError
 
 log = logging.getLogger("kubetest_infra.runner")
 
+# Every child process alive right now, so an interrupt can end them instead of waiting for them.
+_LIVE: set[subprocess.Popen[bytes]] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _track(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    with _LIVE_LOCK:
+        for done in [p for p in _LIVE if p.returncode is not None]:
+            _LIVE.discard(done)  # pipe() reaps its own processes; forget them here
+        _LIVE.add(proc)
+    return proc
+
+
+def _untrack(proc: subprocess.Popen[bytes]) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(proc)
+
+
+def terminate_children() -> int:
+    """SIGTERM to every child process started through this module that still runs; how many.
+
+    Called on an interrupt, so tasks blocked on a ``kind create`` or a build end at once and the undo
+    can start (the undo's own processes start afterwards and are not affected).
+    """
+    with _LIVE_LOCK:
+        live = [p for p in _LIVE if p.poll() is None]
+    for proc in live:
+        with contextlib.suppress(OSError):
+            proc.terminate()
+    return len(live)
+
 REDACTED = "***"
 _PIPE_QUEUE = 64  # chunks of 1 MiB buffered per consumer
 # Keys whose values are secrets when passed as KEY=VALUE (build args, env).
@@ -124,27 +155,30 @@ class SubprocessRunner:
             full_env.update(env or {})
         started = time.monotonic()
         try:
-            proc = subprocess.run(
-                argv,
-                input=input,
-                capture_output=True,
-                env=full_env,
-                timeout=timeout,
-                check=False,
-                cwd=cwd,
-            )
+            proc = _track(subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else None,
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=cwd))
         except FileNotFoundError as exc:
             raise CommandError(shown, 127, "", f"{argv[0]}: command not found",
                                hint=f"install {argv[0]} or put it on PATH") from exc
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            out = _decode(exc.stderr) or _decode(exc.output)
-            raise CommandError(shown, -1, "", self.redactor.text(out) + f"\ntimed out after {timeout} s",
+            proc.kill()
+            out, err = proc.communicate()
+            text = _decode(err) or _decode(out) or _decode(exc.stderr) or _decode(exc.output)
+            raise CommandError(shown, -1, "", self.redactor.text(text) + f"\ntimed out after {timeout} s",
                                hint="the command hung; check the engine with 'kti doctor'") from exc
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            _untrack(proc)
         result = CommandResult(
             argv=shown,
             returncode=proc.returncode,
-            stdout=self.redactor.text(_decode(proc.stdout)),
-            stderr=self.redactor.text(_decode(proc.stderr)),
+            stdout=self.redactor.text(_decode(out)),
+            stderr=self.redactor.text(_decode(err)),
             seconds=time.monotonic() - started,
         )
         log.debug("exit %d after %.2fs: %s", result.returncode, result.seconds, shown[0])
@@ -242,7 +276,7 @@ class SubprocessRunner:
 
 def _popen(argv: Sequence[str], shown: tuple[str, ...], stdin: int | None) -> subprocess.Popen[bytes]:
     try:
-        return subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return _track(subprocess.Popen(list(argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     except FileNotFoundError as exc:
         raise CommandError(shown, 127, "", f"{argv[0]}: command not found",
                            hint=f"install {argv[0]} or put it on PATH") from exc

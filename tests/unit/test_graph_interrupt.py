@@ -1,0 +1,80 @@
+"""Ctrl-C / SIGTERM during a run: children terminated, tasks not waited for, undo exactly once, shielded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from kubetest_infra.graph import GraphError, Task, Undo, run_graph
+from kubetest_infra.runner import SubprocessRunner, terminate_children
+from kubetest_infra.signals import shielded, terminate_interrupts
+
+
+def test_sigterm_becomes_keyboard_interrupt_inside_the_block() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+
+    def cancelled_run() -> None:
+        with terminate_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+
+    with pytest.raises(KeyboardInterrupt):
+        cancelled_run()
+    assert signal.getsignal(signal.SIGTERM) is before, "the previous handler is restored"
+
+
+def test_shielded_reports_and_ignores_further_signals(capsys: pytest.CaptureFixture[str]) -> None:
+    done = False
+    with shielded("undoing"):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        done = True
+    assert done
+    err = capsys.readouterr().err
+    assert "SIGINT received while undoing" in err
+    assert "SIGTERM received while undoing" in err
+
+
+def test_terminate_children_ends_running_processes() -> None:
+    runner = SubprocessRunner()
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        result["r"] = runner.run([sys.executable, "-c", "import time; time.sleep(60)"], check=False, timeout=120)
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 10
+    while terminate_children() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t.join(10)
+    assert not t.is_alive()
+    assert result["r"].returncode == -signal.SIGTERM  # type: ignore[attr-defined]
+
+
+def test_an_interrupt_stops_tasks_and_undoes_once_without_waiting_for_them() -> None:
+    runner = SubprocessRunner()
+    undone: list[str] = []
+    undo = Undo()
+    undo.add("cluster", lambda: undone.append("cluster"))
+
+    def slow(_: object) -> None:  # a task blocked on a child process, like `kind create`
+        runner.run([sys.executable, "-c", "import time; time.sleep(60)"], check=False, timeout=120)
+
+    def on_event(task: str, event: str, _s: float) -> None:
+        if task == "slow" and event == "start":
+            threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+
+    started = time.monotonic()
+    with pytest.raises(GraphError) as info:
+        run_graph([Task("slow", slow)], on_event=on_event, undo=undo)
+    assert info.value.interrupted
+    assert undone == ["cluster"], "the undo ran exactly once"
+    assert time.monotonic() - started < 20, "the 60 s task was terminated, not waited for"
+    assert undo.run() == [] and undone == ["cluster"]
