@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
-from kubetest_infra.wait import Target, read_workload
+from kubetest_infra.wait import Target, read_target
 
 NodeImages = Callable[[str], Sequence[str]]
 
@@ -72,7 +72,7 @@ def collect(
 
 
 def _read_dump(api_client: Any, t: Target, out: Path) -> None:
-    _dump(out / f"{t.kind}-{t.name}.yaml", read_workload(api_client, t))
+    _dump(out / f"{t.kind}-{t.name}.yaml", read_target(api_client, t))
 
 
 def _node_images(node_images: NodeImages, node: str, out: Path) -> None:
