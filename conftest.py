@@ -1,8 +1,11 @@
 """Test tiers: unit (pure logic), docker (real engine), kind (real lab cluster).
 
-A tier whose prerequisites are missing is skipped LOUDLY: the reason is printed in the header and in
-every skip. When ``KTI_REQUIRE_TIERS`` names a tier (``.ci/run`` sets ``docker``), a missing
-prerequisite is an error instead of a skip, so CI can never pass by skipping what it must provide.
+A tier whose prerequisites are missing is skipped LOUDLY: the reason is printed in every skip and in
+the terminal summary. When ``KTI_REQUIRE_TIERS`` names a tier (``.ci/run`` sets ``docker,kind``), a
+missing prerequisite is an error instead of a skip, so CI can never pass by skipping what it must provide.
+
+The header never calls the engine (the unit tier needs nothing, not even a docker binary): it says what
+is configured; the engine is asked once, when the first test of the docker or kind tier runs.
 """
 
 from __future__ import annotations
@@ -84,13 +87,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    lines = []
-    for tier, probe in TIERS.items():
-        problem = probe()
-        required = tier in required_tiers()
-        state = "ENABLED" if problem is None else ("MISSING (required: tests will error)" if required else "SKIPPED")
-        lines.append(f"kubetest-infra {tier} tier: {state}" + (f": {problem}" if problem else ""))
-    return lines
+    engine = os.environ.get("KTI_ENGINE") or "auto"
+    found = [b for b in ("docker", "podman") if shutil.which(b)]
+    return [f"kubetest-infra tiers: unit always; docker and kind checked at their first test "
+             f"(engine {engine}; on PATH: {', '.join(found) or 'none'}; kind: {lab_kind_binary() or 'none'}; "
+             f"required: {', '.join(sorted(required_tiers())) or 'none'})"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    probed = {tier: probe() for tier, probe in TIERS.items() if probe.cache_info().currsize}  # type: ignore[attr-defined]
+    for tier, problem in probed.items():
+        state = "ENABLED" if problem is None else (
+            "MISSING (required: its tests errored)" if tier in required_tiers() else "SKIPPED")
+        terminalreporter.write_line(f"kubetest-infra {tier} tier: {state}" + (f": {problem}" if problem else ""))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -31,11 +31,12 @@ from kubetest_infra.cluster import KindClusters
 from kubetest_infra.engine import get_engine
 from kubetest_infra.graph import Task, validate
 from kubetest_infra.load import Loader
-from kubetest_infra.orchestrate import WORKLOADS, Orchestrator
+from kubetest_infra.orchestrate import Orchestrator
 from kubetest_infra.render import load_manifests, render
 from kubetest_infra.suite import load_suite
 from kubetest_infra.tags import new_run_id
 from kubetest_infra.wait import Target, Waiter
+from kubetest_infra.workloads import is_waitable
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "suites" / "datastorage"
@@ -74,7 +75,7 @@ def sequential(suite: Any, engine: Any, clusters: KindClusters, run_id: str) -> 
         rendered = render(objs, srcs, used)
         applier.apply(list(rendered.objects), namespace=suite.namespace)
         Waiter(api).wait([Target(o["kind"], o["metadata"]["name"], suite.namespace)
-                          for o in rendered.objects if o["kind"] in WORKLOADS])
+                          for o in rendered.objects if is_waitable(o)])
         steps[f"service:{svc_name}"] = time.monotonic() - t
     return {"seconds": round(time.monotonic() - t0, 2), "steps": {k: round(v, 2) for k, v in steps.items()}}
 

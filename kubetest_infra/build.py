@@ -254,6 +254,15 @@ class Builder:
 
     def _try_reuse(self, spec: BuildSpec, ref: str, digest: InputDigest, started: float,
                    digest_seconds: float) -> BuiltImage | None:
+        current = self.engine.inspect_image(ref)
+        if current is not None and current.labels.get(LABEL_DIGEST) == digest.digest \
+                and current.labels.get(LABEL_SERVICE) == spec.name and current.labels.get(LABEL_MANAGED) == "true":
+            self._emit(spec.name, "reuse", f"inputs unchanged: {ref} is already {current.id[:19]}")
+            return BuiltImage(  # a warm run of the same run id: not even a retag
+                name=spec.name, ref=ref, image_id=current.id, input_digest=digest.digest, reused=True,
+                build_seconds=time.monotonic() - started, digest_seconds=digest_seconds,
+                engine=self.engine.name, run_id=self.run_id,
+            )
         ids = self.engine.image_ids({LABEL_MANAGED: "true", LABEL_DIGEST: digest.digest, LABEL_SERVICE: spec.name})
         for image_id in ids:
             try:

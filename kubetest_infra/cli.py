@@ -50,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="check engine, kind, kubectl and disk space")
 
-    g = sub.add_parser("gc", help="remove our labelled images not used for a while")
+    g = sub.add_parser("gc", help="finish what crashed runs left, then remove our images not used for a while")
     g.add_argument("--older-than", default="24h", help="age such as 30m, 12h, 7d (default 24h)")
-    g.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    g.add_argument("--dry-run", action="store_true", help="list the images that would be removed")
 
     c = sub.add_parser("clean", help="remove the image tags of one run")
     c.add_argument("--run-id", required=True)
@@ -61,13 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("suite", type=Path, help="suite directory or suite.yaml (e.g. suites/datastorage)")
     u.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse a cluster with the same name and config (default: yes)")
-    u.add_argument("--keep", action="store_true", help="keep what was created when something fails")
+    u.add_argument("--keep", action="store_true",
+                   help="keep what was created when something fails (recorded: 'kti down' removes it later)")
     u.add_argument("--no-cache", action="store_true", help="never reuse images or the build cache")
     u.add_argument("--run-id", help="run id (default: $KTI_RUN_ID, else random)")
     u.add_argument("--json", action="store_true", help="print the environment as JSON on stdout")
 
-    d = sub.add_parser("down", help="delete a suite's cluster and the images of its last run")
+    d = sub.add_parser("down", help="remove everything a suite's environment owns (cluster, images, ...)")
     d.add_argument("suite", type=Path)
+    d.add_argument("--force", action="store_true",
+                   help="also while a session uses it, and a cluster of that name without our ownership record")
 
     sub.add_parser("status", help="clusters and images of ours, with run ids and ages")
 
@@ -113,7 +116,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    result = gc(get_engine(args.engine), parse_age(args.older_than), dry_run=args.dry_run)
+    from kubetest_infra.cluster import KindClusters
+    from kubetest_infra.session import gc_state
+
+    age = parse_age(args.older_than)
+    engine = get_engine(args.engine)
+    if not args.dry_run:
+        for line in gc_state(engine, KindClusters(engine)):
+            print(f"removed {line}")
+    result = gc(engine, age, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for ref in result.removed:
         print(f"{verb} {ref}")
@@ -133,39 +144,38 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from kubetest_infra.cluster import KindClusters
     from kubetest_infra.console import Progress, timing_table
-    from kubetest_infra.orchestrate import Orchestrator, choose_run_id
+    from kubetest_infra.session import Session
     from kubetest_infra.suite import load_suite
 
     suite = load_suite(args.suite)
-    engine = get_engine(args.engine)
-    clusters = KindClusters(engine)
-    run_id = choose_run_id(suite, clusters, args.run_id, args.reuse)
-    progress = Progress(sys.stderr, title=f"kti up {suite.name} (run {run_id})")
-    orch = Orchestrator(suite, engine, run_id, clusters=clusters, reuse=args.reuse, keep=args.keep,
-                        no_cache=args.no_cache, on_event=progress.event)
+    session = Session(suite, get_engine(args.engine), command="kti up")
+    progress = Progress(sys.stderr, title=f"kti up {suite.name}")
     with progress:
-        env = orch.up()
+        env = session.up(run_id=args.run_id, reuse=args.reuse, keep_env=True, keep_on_failure=args.keep,
+                         no_cache=args.no_cache, on_event=progress.event)
     timing_table(env, sys.stderr)
     if args.json:
         print(json.dumps(env.to_json(), indent=2))
     else:
-        print(f"suite {env.suite} is up (run {env.run_id}) in {env.seconds:.1f}s; kubeconfig: {env.kubeconfig}")
+        how = "attached to the running environment" if session.attached else "up"
+        print(f"suite {env.suite} is {how} (run {env.run_id}) in {env.seconds:.1f}s; kubeconfig: {env.kubeconfig}")
         for name, url in sorted(env.endpoints.items()):
             print(f"  {name}: {url}")
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from kubetest_infra.cluster import KindClusters
-    from kubetest_infra.orchestrate import down
+    from kubetest_infra.session import Session
     from kubetest_infra.suite import load_suite
 
-    engine = get_engine(args.engine)
-    for item in down(load_suite(args.suite), engine, KindClusters(engine)):
-        print(f"removed {item}")
-    return 0
+    lines = Session(load_suite(args.suite), get_engine(args.engine), command="kti down").down(force=args.force)
+    failed = [line for line in lines if line.startswith("could not")]
+    for line in lines:
+        print(line if line.startswith("could not") else f"removed {line}")
+    if not lines:
+        print("nothing to remove", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -177,11 +187,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from kubetest_infra.cluster import KindClusters
-    from kubetest_infra.orchestrate import read_state, service_logs
+    from kubetest_infra.logs import service_logs
+    from kubetest_infra.session import read_environment
     from kubetest_infra.suite import load_suite
 
     suite = load_suite(args.suite)
-    env = read_state(KindClusters(get_engine(args.engine)), suite.cluster.name)
+    env = read_environment(KindClusters(get_engine(args.engine)), suite)
     if env is None:
         raise ConfigError(f"suite {suite.name} is not up", hint=f"run: kti up {args.suite}")
     print(service_logs(env, suite, args.service, args.tail))
@@ -193,7 +204,10 @@ COMMANDS = {"build": cmd_build, "doctor": cmd_doctor, "gc": cmd_gc, "clean": cmd
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from kubetest_infra.signals import install_terminate_handler
+
     args = build_parser().parse_args(argv)
+    install_terminate_handler()  # SIGTERM (a CI cancel) undoes a run like Ctrl-C does
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -7,24 +7,23 @@ Tasks (see :mod:`kubetest_infra.graph`)::
     cluster              create or reuse the Kind cluster (same engine as the builds)
     namespace            the suite namespace                              ← cluster
     load:<image>         into every node, as soon as image and cluster exist
-    service:<name>       render, apply, wait (rollout/Job, then HTTP/TCP) ← namespace, its images' loads,
-                                                                            its depends_on services
+    service:<name>       render, apply, wait (current-template pods, then traffic hand-over, then
+                         the HTTP/TCP check)     ← namespace, its images' loads, its depends_on services
 
 Before anything starts, every manifest is rendered with the references the run *will* produce (they
 are deterministic: ``{registry}/{image}:{suite}-{run_id}``), so a drifting reference is refused
-before a single build. On failure or Ctrl-C, what this run created is removed (unless ``keep``).
+before a single build. Everything the run creates is written to its ledger (:mod:`.state`) *before*
+it is created; on failure or Ctrl-C exactly that is removed (unless ``keep``). Ownership, attaching
+and teardown across sessions live in :mod:`.session`; this module only wires the graph.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,69 +32,27 @@ from kubernetes import client, config
 
 from kubetest_infra.apply import Applier
 from kubetest_infra.build import LABEL_DIGEST, Builder, BuildSpec, BuiltImage
-from kubetest_infra.cleanup import remove_run_images
-from kubetest_infra.cluster import Cluster, ClusterConfig, KindClusters
+from kubetest_infra.cluster import Cluster, KindClusters
 from kubetest_infra.diagnostics import collect
 from kubetest_infra.engine import Engine
-from kubetest_infra.errors import ConfigError, KtiError
-from kubetest_infra.graph import GraphResult, Listener, Task, Timing, Undo, run_graph
+from kubetest_infra.errors import ConfigError
+from kubetest_infra.graph import GraphResult, Listener, Task, Undo, run_graph
+from kubetest_infra.handover import KindIptables, wait_handover
+from kubetest_infra.kubewatch import Informer
 from kubetest_infra.load import Loader
+from kubetest_infra.probes import ServiceCheckError, wait_http, wait_tcp
 from kubetest_infra.render import PLACEHOLDER, load_manifests, render
+from kubetest_infra.state import Environment, Item, Ledger, Owner
 from kubetest_infra.suite import Service, Suite
-from kubetest_infra.tags import image_ref, resolve_run_id
-from kubetest_infra.wait import Target, Waiter, WaitPolicy, read_workload, selector_for
+from kubetest_infra.tags import image_ref
+from kubetest_infra.teardown import remove_items
+from kubetest_infra.wait import Target, Waiter, WaitPolicy, current_pods
+from kubetest_infra.workloads import WORKLOADS, is_waitable, selector_matches
 
-WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "Pod")
+__all__ = ["Environment", "Orchestrator", "ServiceCheckError", "referenced_images"]
+
 EXPORT_LOGS_ENV = "KTI_KIND_EXPORT_LOGS"  # "1": diagnostics bundles include `kind export logs`
-
-
-class ServiceCheckError(KtiError):
-    """A service's HTTP/TCP readiness check did not pass."""
-
-
-@dataclass(frozen=True)
-class Environment:
-    """What ``up`` produced: exact image references, the kubeconfig, endpoints and timings."""
-
-    suite: str
-    run_id: str
-    cluster: str
-    kubeconfig: str
-    namespace: str
-    images: Mapping[str, str]  # name → exact ref (built and external)
-    image_ids: Mapping[str, str]
-    endpoints: Mapping[str, str]
-    reused_cluster: bool
-    timings: tuple[Timing, ...] = field(default=())
-    critical_path: tuple[str, ...] = field(default=())
-    seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "suite": self.suite, "run_id": self.run_id, "cluster": self.cluster, "kubeconfig": self.kubeconfig,
-            "namespace": self.namespace, "images": dict(self.images), "image_ids": dict(self.image_ids),
-            "endpoints": dict(self.endpoints), "reused_cluster": self.reused_cluster,
-            "seconds": round(self.seconds, 2), "critical_path": list(self.critical_path),
-            "timings": [{"task": t.id, "kind": t.kind, "start": round(t.start, 2), "end": round(t.end, 2),
-                         "seconds": round(t.seconds, 2), "status": t.status} for t in self.timings],
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Environment:
-        timings = tuple(Timing(t["task"], t["kind"], t["start"], t["end"], t["status"])
-                        for t in data.get("timings", []))
-        return cls(data["suite"], data["run_id"], data["cluster"], data["kubeconfig"], data["namespace"],
-                   data["images"], data.get("image_ids", {}), data["endpoints"], data.get("reused_cluster", False),
-                   timings, tuple(data.get("critical_path", [])), data.get("seconds", 0.0))
-
-    def service_url(self, service: str, path: str = "") -> str:
-        if service not in self.endpoints:
-            raise ConfigError(f"service {service!r} has no endpoint in suite {self.suite}",
-                              hint=f"services with an http/tcp check: {', '.join(sorted(self.endpoints)) or 'none'}")
-        return self.endpoints[service].rstrip("/") + path
-
-    def api_client(self) -> Any:
-        return config.new_client_from_config(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
+HANDOVER_TIMEOUT = 30.0
 
 
 def referenced_images(service: Service) -> set[str]:
@@ -111,7 +68,7 @@ class Orchestrator:
     def __init__(self, suite: Suite, engine: Engine, run_id: str, *, clusters: KindClusters | None = None,
                  reuse: bool = True, keep: bool = False, no_cache: bool = False, max_workers: int = 4,
                  on_event: Listener | None = None, wait_policy: WaitPolicy | None = None,
-                 node_image: str | None = None) -> None:
+                 node_image: str | None = None, ledger: Ledger | None = None) -> None:
         self.suite = suite
         self.engine = engine
         self.run_id = run_id
@@ -124,10 +81,15 @@ class Orchestrator:
         self.on_event = on_event
         self.wait_policy = wait_policy or WaitPolicy()
         self.cluster_config = suite.cluster if suite.cluster.node_image or not node_image else \
-            _with_image(suite.cluster, node_image)
+            replace(suite.cluster, node_image=node_image)
+        self.ledger = ledger or Ledger(self.clusters.state_dir, f"run-{run_id}-{os.getpid()}", run_id, suite.name,
+                                       Owner.current("orchestrator"))
         self.undo = Undo()
+        self.undo.add("what this run created", self._undo)
         self._api: Any = None
         self._applier_obj: Applier | None = None
+        self._informer: Informer | None = None
+        self._cancelled = threading.Event()
         self._lock = threading.Lock()
 
     # -- planning --------------------------------------------------------------------------
@@ -172,22 +134,44 @@ class Orchestrator:
 
     # -- running ---------------------------------------------------------------------------
     def up(self) -> Environment:
+        """Run the graph; on failure or interrupt remove what the ledger lists (unless ``keep``)."""
         self.preflight()
-        result: GraphResult = run_graph(self.tasks(), max_workers=self.max_workers, on_event=self.on_event,
-                                        undo=self.undo, keep=self.keep)
+        try:
+            result: GraphResult = run_graph(self.tasks(), max_workers=self.max_workers, on_event=self.on_event,
+                                            undo=self.undo, keep=self.keep, on_interrupt=self._interrupt)
+        finally:
+            if self._informer is not None:
+                self._informer.stop()
         v = result.values
         cluster: Cluster = v["cluster"]
         images: dict[str, str] = {}
         ids: dict[str, str] = {}
+        digests: dict[str, str] = {}
+        reused: list[str] = []
         for key, value in v.items():
             if key.startswith(("build:", "external:")):
-                images[key.split(":", 1)[1]] = value.ref
-                ids[key.split(":", 1)[1]] = value.image_id
+                name = key.split(":", 1)[1]
+                images[name], ids[name], digests[name] = value.ref, value.image_id, value.input_digest
+                if value.reused:
+                    reused.append(name)
         endpoints = {s: v[f"service:{s}"] for s in self.suite.services if v.get(f"service:{s}")}
-        env = Environment(self.suite.name, self.run_id, cluster.name, str(cluster.kubeconfig), self.suite.namespace,
-                          images, ids, endpoints, cluster.reused, result.timings, result.critical_path, result.seconds)
-        write_state(env)
-        return env
+        return Environment(self.suite.name, self.run_id, cluster.name, str(cluster.kubeconfig), self.suite.namespace,
+                           images, ids, endpoints, cluster.reused, result.timings, result.critical_path,
+                           result.seconds, digests, tuple(sorted(reused)))
+
+    def _interrupt(self) -> None:
+        """Ctrl-C/SIGTERM: waits and probes return at once (graph tasks must not be waited for)."""
+        self._cancelled.set()
+        if self._informer is not None:
+            self._informer.stop()
+
+    def _undo(self) -> None:
+        done = remove_items(self.ledger.items, engine=self.engine, clusters=self.clusters)
+        for item in done.removed:
+            self.ledger.forget(item)
+        if done.failed:
+            raise ConfigError("could not remove: " + "; ".join(f"{i}: {why}" for i, why in done.failed),
+                              hint=f"the run's ledger {self.ledger.path} keeps them; 'kti gc' retries")
 
     def _api_client(self, cluster: Cluster) -> Any:
         with self._lock:
@@ -204,11 +188,25 @@ class Orchestrator:
                 self._applier_obj = Applier(api)
             return self._applier_obj
 
+    def _informer_for(self, cluster: Cluster) -> Informer:
+        """One set of watches on the suite namespace, shared by every service task of the run."""
+        api = self._api_client(cluster)
+        with self._lock:
+            if self._informer is None:
+                self._informer = Informer(api, self.suite.namespace)
+                if self._cancelled.is_set():
+                    self._informer.stop()
+            return self._informer
+
+    def _build_spec(self, spec: BuildSpec) -> BuiltImage:
+        ref = self.builder.ref_for(spec)
+        if self.engine.inspect_image(ref) is None:  # a tag this run creates (a warm run finds its own)
+            self.ledger.record(Item("image", ref, self.engine.name))
+        return self.builder.build(spec)
+
     def _build(self, name: str, _deps: Mapping[str, Any]) -> BuiltImage:
         spec = self.suite.images[name]
-        image = self.builder.build(BuildSpec(name, spec.context, spec.dockerfile, spec.build_args, spec.target))
-        self.undo.add(f"image {image.ref}", partial(self.engine.untag, image.ref))
-        return image
+        return self._build_spec(BuildSpec(name, spec.context, spec.dockerfile, spec.build_args, spec.target))
 
     def _external(self, name: str, _deps: Mapping[str, Any]) -> BuiltImage:
         ext = self.suite.external_images[name]
@@ -226,29 +224,28 @@ class Orchestrator:
                                   hint="build or load that image first, or unset the variable")
         if ext.build is None:
             raise ConfigError(f"external image {name} ({ext.ref}) is not present and cannot be pulled",
-                              hint="add a build: section for an offline build, or set its override variable")
+                              hint=f"add external_images.{name}.build in {self.suite.path} for an offline build, "
+                              "or set its override variable")
         b = ext.build
-        image = self.builder.build(BuildSpec(name, b.context, b.dockerfile, b.build_args, b.target))
-        self.undo.add(f"image {image.ref}", partial(self.engine.untag, image.ref))
-        return image
+        return self._build_spec(BuildSpec(name, b.context, b.dockerfile, b.build_args, b.target))
 
     def _cluster(self, _deps: Mapping[str, Any]) -> Cluster:
-        existed = self.clusters.exists(self.cluster_config.name)
-        cluster = self.clusters.ensure(self.cluster_config, reuse=self.reuse, recreate=not self.reuse)
-        if not cluster.reused or not existed:
-            self.undo.add(f"cluster {cluster.name}", lambda: self.clusters.delete(cluster.name))
-        return cluster
+        name = self.cluster_config.name
+        return self.clusters.ensure(self.cluster_config, reuse=self.reuse, recreate=not self.reuse,
+                                    on_create=lambda: self.ledger.record(Item("cluster", name)))
 
     def _namespace(self, deps: Mapping[str, Any]) -> str:
-        core: Any = client.CoreV1Api(self._api_client(deps["cluster"]))
+        cluster: Cluster = deps["cluster"]
+        core: Any = client.CoreV1Api(self._api_client(cluster))
         ns = self.suite.namespace
         try:
-            core.read_namespace(ns)
+            core.read_namespace(ns, _request_timeout=30)
         except client.exceptions.ApiException as exc:
             if exc.status != 404:
                 raise
-            core.create_namespace({"metadata": {"name": ns, "labels": {"kubetest-infra/suite": self.suite.name}}})
-            self.undo.add(f"namespace {ns}", partial(core.delete_namespace, ns))
+            self.ledger.record(Item("namespace", ns, cluster.name))
+            core.create_namespace({"metadata": {"name": ns, "labels": {
+                "kubetest-infra/suite": self.suite.name, "kubetest-infra/run": self.run_id}}}, _request_timeout=30)
         return ns
 
     def _load(self, source: str, deps: Mapping[str, Any]) -> BuiltImage:
@@ -265,136 +262,52 @@ class Orchestrator:
         rendered = render(objs, srcs, images, image_ids=ids)
         self._applier(cluster).apply(list(rendered.objects), namespace=self.suite.namespace)
         targets = [Target(o["kind"], o["metadata"]["name"], self.suite.namespace)
-                   for o in rendered.objects if o["kind"] in WORKLOADS]
+                   for o in rendered.objects if is_waitable(o)]
         diag_dir = Path(cluster.kubeconfig).parent / "diagnostics"
         export = partial(self.clusters.export_logs, cluster.name) if os.environ.get(EXPORT_LOGS_ENV) == "1" else None
-        waiter = Waiter(api, _with_timeout(self.wait_policy, svc.timeout), node_images=self.clusters.node_images,
+        informer = self._informer_for(cluster)
+        policy = replace(self.wait_policy, timeout=svc.timeout) if svc.timeout else self.wait_policy
+        waiter = Waiter(api, policy, node_images=self.clusters.node_images, informer=informer,
                         diagnose=lambda ts, why: str(collect(api, ts, why, diag_dir, nodes=cluster.nodes,
                                                              node_images=self.clusters.node_images,
                                                              kind_export=export)))
         waiter.wait(targets)
+        self._hand_over(informer, targets, cluster)
         deadline = time.monotonic() + (svc.timeout or 120)
+        hint = f"check services.{svc.name}.ready in {self.suite.path}: the host port must be a cluster.ports " \
+               "host_port mapped to the Service's NodePort"
         if svc.http is not None:
             url = f"http://127.0.0.1:{svc.http.port}"
-            _wait_http(url + svc.http.path, svc.http.status, deadline, svc.name)
+            wait_http(url + svc.http.path, svc.http.status, deadline=deadline, service=svc.name, hint=hint,
+                      cancelled=self._cancelled)
             return url
         if svc.tcp_port is not None:
-            _wait_tcp("127.0.0.1", svc.tcp_port, deadline, svc.name)
+            wait_tcp("127.0.0.1", svc.tcp_port, deadline=deadline, service=svc.name, hint=hint,
+                     cancelled=self._cancelled)
             return f"tcp://127.0.0.1:{svc.tcp_port}"
         return None
 
-
-def _with_image(cfg: ClusterConfig, node_image: str) -> ClusterConfig:
-    return replace(cfg, node_image=node_image)
-
-
-def _with_timeout(policy: WaitPolicy, timeout: float | None) -> WaitPolicy:
-    return replace(policy, timeout=timeout) if timeout else policy
-
-
-def _wait_http(url: str, status: int, deadline: float, service: str) -> None:
-    def probe() -> str | None:
-        try:
-            with urllib.request.urlopen(url, timeout=3) as resp:  # noqa: S310 - loopback NodePort
-                code = resp.status
-        except urllib.error.HTTPError as exc:
-            code = exc.code
-        return None if code == status else f"HTTP {code}"
-
-    _poll(probe, deadline, f"service {service}: {url} did not answer {status}")
-
-
-def _wait_tcp(host: str, port: int, deadline: float, service: str) -> None:
-    def probe() -> str | None:
-        with socket.create_connection((host, port), timeout=2):
-            return None
-
-    _poll(probe, deadline, f"service {service}: {host}:{port} refused connections")
+    def _hand_over(self, informer: Informer, targets: list[Target], cluster: Cluster) -> None:
+        """Traffic reaches only the current pods of each long-running workload (see :mod:`.handover`)."""
+        dataplane = KindIptables(self.engine.run, cluster.nodes)
+        deadline = time.monotonic() + HANDOVER_TIMEOUT
+        for t in targets:
+            if t.kind in ("Job", "Pod"):
+                continue
+            with informer.cond:
+                obj = informer.get(t.kind, t.name)
+                pods = informer.items("Pod")
+                rsets = informer.items("ReplicaSet")
+            if obj is None:
+                continue
+            selector = (obj.get("spec") or {}).get("selector")
+            mine = current_pods(t.kind, obj, pods, rsets)
+            selected = [p for p in pods
+                        if selector_matches(selector, (p.get("metadata") or {}).get("labels") or {})]
+            wait_handover(informer, t.namespace, mine, selected, deadline=deadline, dataplane=dataplane)
 
 
-def _poll(probe: Callable[[], str | None], deadline: float, failure: str) -> None:
-    """Call ``probe`` every 0.5 s until it returns None (ready) or the deadline passes."""
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            outcome = probe()
-        except OSError as exc:
-            outcome = str(exc)
-        if outcome is None:
-            return
-        last = outcome
-        time.sleep(0.5)
-    raise ServiceCheckError(f"{failure} (last: {last})",
-                            hint="check the NodePort and the cluster's port mappings in the suite file")
-
-
-def choose_run_id(suite: Suite, clusters: KindClusters, explicit: str | None, reuse: bool) -> str:
-    """An explicit id (or $KTI_RUN_ID) wins; a warm re-run with reuse keeps the running environment's id,
-    so unchanged images keep their references and nothing rolls out; otherwise a fresh CSPRNG id."""
-    if explicit or os.environ.get("KTI_RUN_ID"):
-        return resolve_run_id(explicit)
-    if reuse:
-        previous = read_state(clusters, suite.cluster.name)
-        if previous is not None and previous.suite == suite.name and clusters.exists(suite.cluster.name):
-            return previous.run_id
-    return resolve_run_id(None)
-
-
-def state_file(kubeconfig: Path | str) -> Path:
-    return Path(kubeconfig).parent / "environment.json"
-
-
-def write_state(env: Environment) -> Path:
-    path = state_file(env.kubeconfig)
-    path.write_text(json.dumps(env.to_json(), indent=2))
-    (path.parent / "timings.json").write_text(json.dumps(
-        {"seconds": round(env.seconds, 2), "critical_path": list(env.critical_path),
-         "tasks": env.to_json()["timings"]}, indent=2))
-    return path
-
-
-def read_state(clusters: KindClusters, cluster_name: str) -> Environment | None:
-    path = state_file(clusters.kubeconfig_path(cluster_name))
-    if not path.is_file():
-        return None
-    return Environment.from_json(json.loads(path.read_text()))
-
-
-def down(suite: Suite, engine: Engine, clusters: KindClusters) -> list[str]:
-    """Delete the suite's cluster (if this library created it) and the images of its last run."""
-    done = []
-    env = read_state(clusters, suite.cluster.name)
-    if clusters.exists(suite.cluster.name):
-        state = clusters._state(suite.cluster.name)
-        if state is None or state.get("created_by") != "kubetest-infra":
-            raise KtiError(f"cluster {suite.cluster.name} was not created by kubetest-infra; not deleting it",
-                           hint=f"delete it yourself: kind delete cluster --name {suite.cluster.name}")
-        clusters.delete(suite.cluster.name)
-        done.append(f"cluster {suite.cluster.name}")
-    if env is not None:
-        removal = remove_run_images(engine, env.run_id)
-        done.extend(f"image {r}" for r in removal.removed)
-    return done
-
-
-
-def service_logs(env: Environment, suite: Suite, service: str, tail: int = 200) -> str:
-    """Logs of the pods of one service's workloads (current containers)."""
-    if service not in suite.services:
-        raise ConfigError(f"unknown service {service!r} in suite {suite.name}",
-                          hint=f"services: {', '.join(sorted(suite.services))}")
-    api = env.api_client()
-    core: Any = client.CoreV1Api(api)
-    objs, _ = load_manifests(suite.services[service].manifests)
-    out: list[str] = []
-    for obj in objs:
-        kind, name = obj["kind"], obj["metadata"]["name"]
-        if kind not in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
-            continue
-        selector = selector_for(kind, read_workload(api, Target(kind, name, env.namespace)))
-        for pod in core.list_namespaced_pod(env.namespace, label_selector=selector).items:
-            for c in pod.spec.containers:
-                text = core.read_namespaced_pod_log(pod.metadata.name, env.namespace, container=c.name,
-                                                    tail_lines=tail)
-                out.append(f"==> {kind}/{name} pod {pod.metadata.name} container {c.name} <==\n{text.rstrip()}")
-    return "\n".join(out) if out else f"no pods for service {service}"
+def service_workloads(service: Service) -> list[tuple[str, str]]:
+    """(kind, name) of the workloads a service's manifests define."""
+    objs, _ = load_manifests(service.manifests)
+    return [(str(o["kind"]), str(o["metadata"]["name"])) for o in objs if str(o.get("kind")) in WORKLOADS]

@@ -1,91 +1,167 @@
-"""pytest plugin (``pytest11`` entry point ``kubetest_infra``).
+"""pytest plugin (``pytest11`` entry point ``kubetest_infra``; disable with ``-p no:kubetest_infra``).
 
-Options (also ini keys ``kti_suite``, ``kti_engine``): ``--kti-suite PATH``, ``--kti-reuse-cluster``/
-``--kti-no-reuse-cluster``, ``--kti-keep-cluster``, ``--kti-no-cache``, ``--kti-run-id``, ``--kti-engine``.
+Options — command line, else environment variable, else ini key, else default:
+
+========================== ======================= =================== =====================================
+option                     environment             ini key             meaning
+========================== ======================= =================== =====================================
+``--kti-suite PATH``       ``KTI_SUITE``           ``kti_suite``       suite directory or suite.yaml
+``--kti-engine NAME``      ``KTI_ENGINE``          ``kti_engine``      docker | podman | auto
+``--kti-run-id ID``        ``KTI_RUN_ID``          ``kti_run_id``      run id for new image tags
+``--kti-no-reuse-cluster`` ``KTI_REUSE=0``         ``kti_reuse``       start from a new environment
+``--kti-keep-cluster``     ``KTI_KEEP=1``          ``kti_keep``        keep the environment at the end
+``--kti-keep-on-failure``  ``KTI_KEEP_ON_FAILURE`` ``kti_keep_on_fa…`` keep it when set-up or a test fails
+``--kti-no-cache``         ``KTI_NO_CACHE=1``      ``kti_no_cache``    never reuse images or the build cache
+========================== ======================= =================== =====================================
 
 Fixtures: ``kti_run_id`` (one id for every xdist worker), ``kti_engine``, ``kti_env`` (the suite's
-:class:`~kubetest_infra.orchestrate.Environment`, built once per run), ``kti_images`` (name → exact ref),
-``kti_namespace`` (a namespace per test, deleted after), ``kti_service_url`` (``url(service, path)``).
+:class:`~kubetest_infra.state.Environment`), ``kti_images`` (name → exact ref), ``kti_namespace`` (a
+namespace per test, deleted after), ``kti_service_url`` (``url(service, path)``).
 
-Under pytest-xdist exactly one worker creates the environment: the first to take a file lock in the
-directory all workers share (``getbasetemp().parent``) brings the suite up and writes a state file;
-the others wait on the lock and attach to it. Tear-down belongs to the controller process, in
-``pytest_sessionfinish``, which runs after every worker has finished; without xdist the single process
-tears down. ``--kti-keep-cluster`` keeps it; in CI (``$CI``) a failed session keeps it for inspection.
-A failing test's report gets a ``kubetest-infra`` section with the namespace's warning events and the
-log tail of pods that are not ready.
+Ownership (see :mod:`kubetest_infra.session`): a session that finds the suite's environment running
+(``kti up``, or a kept session) **attaches** to it — it takes its run id, so unchanged images are not
+rebuilt, retagged or reloaded and unchanged workloads do not roll out — and leaves it running at the
+end. A session that creates the environment removes it at the end (``--kti-keep-cluster`` keeps it).
+
+Under pytest-xdist exactly one worker brings the environment up: the first to take the session's lock
+(in the state directory, keyed by xdist's ``testrunuid``) runs it and writes the result; the others
+attach to that. The controller process, which outlives the workers, owns the session and tears down
+in ``pytest_sessionfinish``. SIGTERM is handled like Ctrl-C: the teardown still runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from filelock import FileLock
 
 from kubetest_infra.engine import Engine, get_engine
 from kubetest_infra.errors import KtiError
+from kubetest_infra.signals import install_terminate_handler
 from kubetest_infra.tags import new_run_id, resolve_run_id
 
-SHARED = "kti-shared"
+if TYPE_CHECKING:
+    from kubetest_infra.state import Environment, Owner
+
 STATE = "environment.json"
 FAILED = "environment.failed"
 _ENV_KEY = pytest.StashKey[Any]()
+_SESSION_KEY = pytest.StashKey[str]()
+_OWNER_KEY = pytest.StashKey[dict[str, Any]]()
+_TRUE = ("1", "true", "yes", "on")
+
+# option dest → (environment variable, ini key, kind)
+OPTIONS: dict[str, tuple[str, str, str]] = {
+    "kti_suite": ("KTI_SUITE", "kti_suite", "str"),
+    "kti_engine": ("KTI_ENGINE", "kti_engine", "str"),
+    "kti_run_id": ("KTI_RUN_ID", "kti_run_id", "str"),
+    "kti_reuse": ("KTI_REUSE", "kti_reuse", "bool"),
+    "kti_keep": ("KTI_KEEP", "kti_keep", "bool"),
+    "kti_keep_on_failure": ("KTI_KEEP_ON_FAILURE", "kti_keep_on_failure", "bool"),
+    "kti_no_cache": ("KTI_NO_CACHE", "kti_no_cache", "bool"),
+}
+_DEFAULTS: dict[str, Any] = {"kti_reuse": True, "kti_keep": False, "kti_keep_on_failure": False,
+                             "kti_no_cache": False}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kubetest-infra")
-    group.addoption("--kti-run-id", dest="kti_run_id", default=None,
-                    help="run id for image tags (default: $KTI_RUN_ID, else shared by all xdist workers)")
+    group.addoption("--kti-suite", dest="kti_suite", default=None, help="suite directory or suite.yaml ($KTI_SUITE)")
     group.addoption("--kti-engine", dest="kti_engine", default=None,
-                    help="container engine: docker | podman | auto (default: $KTI_ENGINE or auto)")
-    group.addoption("--kti-suite", dest="kti_suite", default=None, help="suite directory or suite.yaml")
-    group.addoption("--kti-reuse-cluster", dest="kti_reuse", action="store_true", default=True,
-                    help="reuse a cluster with the same name and config (default)")
+                    help="container engine: docker | podman | auto ($KTI_ENGINE, default auto)")
+    group.addoption("--kti-run-id", dest="kti_run_id", default=None,
+                    help="run id for new image tags ($KTI_RUN_ID; default: the running environment's, else new)")
+    group.addoption("--kti-reuse-cluster", dest="kti_reuse", action="store_true", default=None,
+                    help="attach to a running environment of the suite (default)")
     group.addoption("--kti-no-reuse-cluster", dest="kti_reuse", action="store_false",
-                    help="always create a fresh cluster")
-    group.addoption("--kti-keep-cluster", dest="kti_keep", action="store_true", default=False,
-                    help="do not tear the environment down at the end")
-    group.addoption("--kti-no-cache", dest="kti_no_cache", action="store_true", default=False,
-                    help="never reuse images or the build cache")
-    parser.addini("kti_engine", "container engine for kubetest-infra", default="")
-    parser.addini("kti_suite", "suite directory or suite.yaml used by kti_env", default="")
+                    help="remove a running environment of the suite first and create a new one ($KTI_REUSE=0)")
+    group.addoption("--kti-keep-cluster", dest="kti_keep", action="store_true", default=None,
+                    help="keep the environment this session creates ($KTI_KEEP=1)")
+    group.addoption("--kti-keep-on-failure", dest="kti_keep_on_failure", action="store_true", default=None,
+                    help="keep it when set-up or a test fails, for inspection ($KTI_KEEP_ON_FAILURE=1)")
+    group.addoption("--kti-no-cache", dest="kti_no_cache", action="store_true", default=None,
+                    help="never reuse images or the build cache ($KTI_NO_CACHE=1)")
+    for dest, (env, ini, kind) in OPTIONS.items():
+        text = f"kubetest-infra: default of --{dest.replace('_', '-')} (${env})"
+        if kind == "bool":
+            parser.addini(ini, text, type="bool", default=_DEFAULTS.get(dest, False))
+        else:
+            parser.addini(ini, text, type="string", default="")
+
+
+def option(config: pytest.Config, dest: str) -> Any:
+    """An option's value: command line, else environment, else ini, else default."""
+    value = config.getoption(dest)
+    if value is not None:
+        return value
+    env, ini, kind = OPTIONS[dest]
+    if os.environ.get(env):
+        return os.environ[env].strip().lower() in _TRUE if kind == "bool" else os.environ[env]
+    value = config.getini(ini)
+    if kind == "bool":
+        return bool(value)
+    return str(value) or None
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "docker: needs a real container engine (docker or podman)")
-    config.addinivalue_line("markers", "kind: needs a Kind cluster")
-    run_id = config.getoption("kti_run_id")
+    run_id = option(config, "kti_run_id")
     if run_id:
         try:
             resolve_run_id(run_id)
         except KtiError as exc:
             raise pytest.UsageError(f"--kti-run-id: {exc}") from exc
+    install_terminate_handler()  # a CI cancel (SIGTERM) tears down like Ctrl-C
+    if _is_controller(config):
+        from kubetest_infra.state import Owner
+
+        key = getattr(config.option, "testrunuid", None) or uuid.uuid4().hex
+        if hasattr(config.option, "testrunuid"):
+            config.option.testrunuid = key  # xdist hands the same id to every worker
+        config.stash[_SESSION_KEY] = key
+        config.stash[_OWNER_KEY] = Owner.current("pytest").to_json()
+    else:
+        winput = config.workerinput  # type: ignore[attr-defined]
+        config.stash[_SESSION_KEY] = str(winput.get("testrunuid") or os.environ.get("PYTEST_XDIST_TESTRUNUID", ""))
+        config.stash[_OWNER_KEY] = winput.get("kti_owner") or {}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist (controller): every worker learns who owns the session (the controller process)."""
+    node.workerinput["kti_owner"] = node.config.stash[_OWNER_KEY]
 
 
 def _is_controller(config: pytest.Config) -> bool:
     return not hasattr(config, "workerinput")
 
 
-def _shared_dir(config: pytest.Config) -> Path:
-    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
-    root = base if _is_controller(config) else base.parent
-    path = Path(root) / SHARED
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _owner(config: pytest.Config) -> Owner:
+    from kubetest_infra.state import Owner
+
+    data = config.stash.get(_OWNER_KEY, {})
+    return Owner.from_json(data) if data else Owner.current("pytest")
+
+
+def _session_dir(config: pytest.Config) -> Path:
+    """The directory every process of this session shares: ``<state dir>/sessions/<testrunuid>``."""
+    from kubetest_infra.state import default_state_dir
+
+    return default_state_dir() / "sessions" / config.stash[_SESSION_KEY][:32]
 
 
 @pytest.fixture(scope="session")
 def kti_run_id(pytestconfig: pytest.Config) -> str:
-    """The run id of this test session; every xdist worker derives the same one from
-    ``$PYTEST_XDIST_TESTRUNUID`` (see :func:`kubetest_infra.tags.resolve_run_id`)."""
+    """The run id of this test session for new image tags; every xdist worker derives the same one from
+    ``$PYTEST_XDIST_TESTRUNUID``. An attached environment keeps its own: use ``kti_env.run_id``."""
     try:
-        return resolve_run_id(pytestconfig.getoption("kti_run_id"))
+        return resolve_run_id(option(pytestconfig, "kti_run_id"))
     except KtiError as exc:
         pytest.fail(str(exc), pytrace=False)
 
@@ -93,71 +169,78 @@ def kti_run_id(pytestconfig: pytest.Config) -> str:
 @pytest.fixture(scope="session")
 def kti_engine(pytestconfig: pytest.Config) -> Engine:
     """The container engine for this session (fails with a hint when none answers)."""
-    name = pytestconfig.getoption("kti_engine") or str(pytestconfig.getini("kti_engine")) or None
-    return get_engine(name)
+    return get_engine(option(pytestconfig, "kti_engine"))
 
 
 def _suite_path(config: pytest.Config) -> Path:
-    value = config.getoption("kti_suite") or str(config.getini("kti_suite"))
+    value = option(config, "kti_suite")
     if not value:
-        raise pytest.UsageError("kti_env needs a suite: pass --kti-suite suites/NAME or set kti_suite in the ini file")
+        raise pytest.UsageError("kti_env needs a suite: pass --kti-suite suites/NAME, set $KTI_SUITE, or set "
+                                "kti_suite in the ini file")
     path = Path(value)
     return path if path.is_absolute() else Path(config.rootpath) / path
 
 
 @pytest.fixture(scope="session")
-def kti_env(pytestconfig: pytest.Config, kti_engine: Engine, kti_run_id: str) -> Any:
-    """The suite's environment: created by exactly one xdist worker, shared by all."""
-    from kubetest_infra.orchestrate import Environment, Orchestrator
+def kti_env(pytestconfig: pytest.Config, kti_engine: Engine) -> Environment:
+    """The suite's environment: brought up (or attached to) by exactly one xdist worker, shared by all."""
+    from kubetest_infra.session import Session, session_key
+    from kubetest_infra.state import Environment, locked
     from kubetest_infra.suite import load_suite
 
-    suite = load_suite(_suite_path(pytestconfig))
-    shared = _shared_dir(pytestconfig)
+    shared = _session_dir(pytestconfig)
     state = shared / STATE
-    with FileLock(str(shared / "environment.lock")):
+    with locked(shared / "session.lock", "this pytest session's environment"):
         if (shared / FAILED).exists():
             pytest.fail(f"the environment failed to come up in another worker:\n{(shared / FAILED).read_text()}",
                         pytrace=False)
         if state.exists():
-            env = Environment.from_json(json.loads(state.read_text()))
+            env = Environment.from_json(json.loads(state.read_text())["environment"])
         else:
-            orch = Orchestrator(suite, kti_engine, kti_run_id, reuse=pytestconfig.getoption("kti_reuse"),
-                                keep=pytestconfig.getoption("kti_keep"),
-                                no_cache=pytestconfig.getoption("kti_no_cache"),
-                                on_event=lambda task, ev, s: print(f"[kti] {task}: {ev} {s:.1f}s", file=sys.stderr))
+            suite = load_suite(_suite_path(pytestconfig))
+            key = session_key("pytest", pytestconfig.stash[_SESSION_KEY][:16])
+            session = Session(suite, kti_engine, key=key, owner=_owner(pytestconfig), command="pytest")
             try:
-                env = orch.up()
+                env = session.up(run_id=option(pytestconfig, "kti_run_id"), reuse=option(pytestconfig, "kti_reuse"),
+                                 keep_env=option(pytestconfig, "kti_keep"),
+                                 keep_on_failure=option(pytestconfig, "kti_keep_on_failure"),
+                                 no_cache=option(pytestconfig, "kti_no_cache"),
+                                 on_event=lambda task, ev, s: print(f"[kti] {task}: {ev} {s:.1f}s", file=sys.stderr))
             except KtiError as exc:
                 (shared / FAILED).write_text(str(exc))
                 pytest.fail(f"kti_env: {exc}", pytrace=False)
-            state.write_text(json.dumps({**env.to_json(), "suite_path": str(suite.path)}))
+            from kubetest_infra.state import write_json
+
+            write_json(state, {"environment": env.to_json(), "suite_path": str(suite.path), "key": key,
+                               "engine": kti_engine.name, "attached": session.attached})
     pytestconfig.stash[_ENV_KEY] = env
-    return env  # torn down by pytest_sessionfinish in the controller (or the single process)
+    return env  # ended by pytest_sessionfinish in the controller (or the single process)
 
 
 @pytest.fixture(scope="session")
-def kti_images(kti_env: Any) -> dict[str, str]:
+def kti_images(kti_env: Environment) -> dict[str, str]:
     """Image name → the exact reference this run built (or resolved) and deployed."""
     return dict(kti_env.images)
 
 
 @pytest.fixture
-def kti_service_url(kti_env: Any) -> Callable[..., str]:
+def kti_service_url(kti_env: Environment) -> Callable[..., str]:
     """``kti_service_url("datastorage", "/health")`` → ``http://127.0.0.1:38081/health``."""
-    return kti_env.service_url  # type: ignore[no-any-return]
+    return kti_env.service_url
 
 
 @pytest.fixture
-def kti_namespace(kti_env: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+def kti_namespace(kti_env: Environment, request: pytest.FixtureRequest) -> Iterator[str]:
     """A namespace of its own for this test, deleted afterwards."""
     from kubernetes import client
 
     core: Any = client.CoreV1Api(kti_env.api_client())
     name = f"kti-{new_run_id()[:10]}"
     core.create_namespace({"metadata": {"name": name, "labels": {
-        "kubetest-infra/run": kti_env.run_id, "kubetest-infra/test": _label(request.node.name)}}})
+        "kubetest-infra/run": kti_env.run_id, "kubetest-infra/test": _label(request.node.name)}}},
+        _request_timeout=30)
     yield name
-    core.delete_namespace(name)
+    core.delete_namespace(name, _request_timeout=30)
 
 
 def _label(text: str) -> str:
@@ -166,33 +249,51 @@ def _label(text: str) -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The controller tears down, after every worker finished (or the single process does)."""
+    """The controller ends the session's use of the environment, after every worker finished."""
     config = session.config
-    if not _is_controller(config):
+    if not _is_controller(config) or _SESSION_KEY not in config.stash:
+        return
+    shared = _session_dir(config)
+    if not shared.is_dir():
         return
     try:
-        shared = _shared_dir(config)
-    except Exception:
-        return
-    state = shared / STATE
-    if not state.exists():
-        return
-    data = json.loads(state.read_text())
-    keep = config.getoption("kti_keep") or (os.environ.get("CI") and session.testsfailed > 0)
-    if keep:
-        sys.stderr.write(f"\n[kti] keeping the environment of suite {data['suite']}: kubeconfig {data['kubeconfig']}\n")
-        return
+        _end(config, shared, failed=session.testsfailed > 0 or exitstatus not in (0, 5))
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def _end(config: pytest.Config, shared: Path, *, failed: bool) -> None:
     from kubetest_infra.cluster import KindClusters
-    from kubetest_infra.orchestrate import down
+    from kubetest_infra.session import Session, finish_ledger, session_key
+    from kubetest_infra.state import Ledger, StateError, default_state_dir, read_json
     from kubetest_infra.suite import load_suite
 
+    key = session_key("pytest", config.stash[_SESSION_KEY][:16])
     try:
-        engine = get_engine(config.getoption("kti_engine") or None)
-        removed = down(load_suite(data["suite_path"]), engine, KindClusters(engine))
-        sys.stderr.write(f"\n[kti] torn down: {', '.join(removed) or 'nothing'}\n")
-    except KtiError as exc:
-        sys.stderr.write(f"\n[kti] tear-down failed: {exc}\n")
-    state.unlink(missing_ok=True)
+        data = read_json(shared / STATE, "pytest session state")
+        engine = get_engine(data["engine"] if data else option(config, "kti_engine"))
+        if data is None:  # set-up failed or was killed: finish whatever the ledger still lists
+            ledger_path = default_state_dir() / "runs" / f"{key}.json"
+            if ledger_path.is_file():
+                done = finish_ledger(Ledger.load(ledger_path), engine, KindClusters(engine))
+                _say(config, "removed what the interrupted set-up created", done.lines())
+            return
+        keep = option(config, "kti_keep") or (failed and option(config, "kti_keep_on_failure"))
+        lines = Session(load_suite(data["suite_path"]), engine, key=key, owner=_owner(config),
+                        command="pytest").end(keep=keep)
+        verb = "kept" if keep else ("left (attached)" if data.get("attached") else "torn down")
+        _say(config, f"environment {verb}", lines)
+    except (KtiError, StateError) as exc:
+        _say(config, "tear-down failed", [str(exc)])
+
+
+def _say(config: pytest.Config, title: str, lines: list[str]) -> None:
+    text = f"[kti] {title}" + (": " + ", ".join(lines) if lines else "")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(text)
+    else:
+        sys.stderr.write(text + "\n")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -205,24 +306,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def _failure_context(env: Any) -> str:
+def _failure_context(env: Environment) -> str:
     from kubernetes import client
 
     lines = [f"suite {env.suite}, run {env.run_id}, kubeconfig {env.kubeconfig}, namespace {env.namespace}"]
     try:
         core: Any = client.CoreV1Api(env.api_client())
-        events = [e for e in core.list_namespaced_event(env.namespace).items if e.type == "Warning"]
+        events = [e for e in core.list_namespaced_event(env.namespace, _request_timeout=20).items
+                  if e.type == "Warning"]
         lines.append("warning events:")
         lines.extend(f"  {e.involved_object.kind}/{e.involved_object.name} {e.reason}: {e.message}"
                      for e in events[-10:])
-        for pod in core.list_namespaced_pod(env.namespace).items:
+        for pod in core.list_namespaced_pod(env.namespace, _request_timeout=20).items:
             ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
             if ready or pod.status.phase == "Succeeded":
                 continue
             for c in pod.spec.containers:
                 try:
                     text = core.read_namespaced_pod_log(pod.metadata.name, env.namespace, container=c.name,
-                                                        tail_lines=20)
+                                                        tail_lines=20, _request_timeout=20)
                 except Exception:
                     text = "(no log)"
                 lines.append(f"log tail {pod.metadata.name}/{c.name}:\n{text}")

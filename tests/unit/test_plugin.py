@@ -56,23 +56,45 @@ services:
 """
 
 FAKE_CONFTEST = '''
-import json, os, pathlib, time
-import kubetest_infra.orchestrate as orch
+import os, pathlib, time
+import pytest
+import kubetest_infra.plugin as plugin
+import kubetest_infra.session as sess
+from kubetest_infra.engine import Engine
+from kubetest_infra.state import Environment
 
 LOG = pathlib.Path(os.environ["KTI_TEST_OUT"])
 
-def fake_up(self):
-    (LOG / f"created-{os.getpid()}").write_text(self.run_id)
-    time.sleep(1.0)  # other workers arrive while the environment is being created
-    return orch.Environment(self.suite.name, self.run_id, "kti-fake", str(LOG / "kubeconfig"), "fake",
-                            {"web": "localhost/web:fake-" + self.run_id}, {}, {"web": "http://127.0.0.1:1"}, False)
 
-def fake_down(suite, engine, clusters):
-    (LOG / f"down-{os.getpid()}").write_text(str(len(list(LOG.glob("test-*")))))
+class NoEngine:
+    """A runner that refuses every command: the plugin's coordination must not need an engine."""
+    def run(self, argv, **kw):
+        raise AssertionError(f"no command may run here: {argv}")
+    def pipe(self, *a, **kw):
+        raise AssertionError("no command may run here")
+
+
+def fake_up(self, *, run_id=None, **kw):
+    rid = run_id or "fakerun1"
+    (LOG / f"created-{os.getpid()}").write_text(rid)
+    time.sleep(1.0)  # other workers arrive while the environment is being created
+    return Environment(self.suite.name, rid, "kti-fake", str(LOG / "kubeconfig"), "fake",
+                       {"web": "localhost/web:fake-" + rid}, {}, {"web": "http://127.0.0.1:1"}, False)
+
+
+def fake_end(self, *, keep=False):
+    (LOG / f"down-{os.getpid()}").write_text(str(len(list(LOG.glob("test-*")))) + (" keep" if keep else ""))
     return ["cluster kti-fake"]
 
-orch.Orchestrator.up = fake_up
-orch.down = fake_down
+
+sess.Session.up = fake_up
+sess.Session.end = fake_end
+plugin.get_engine = lambda name=None: Engine("docker", runner=NoEngine())
+
+
+@pytest.fixture(scope="session")
+def kti_engine():
+    return Engine("docker", runner=NoEngine())
 '''
 
 ENV_TEST = """
@@ -91,6 +113,7 @@ def test_kti_env_is_created_once_shared_by_all_workers_and_torn_down_once(
     the real orchestrator is exercised by suites/datastorage under -n 2 in the kind tier."""
     out = pytester.mkdir("out")
     monkeypatch.setenv("KTI_TEST_OUT", str(out))
+    monkeypatch.setenv("KTI_STATE_DIR", str(pytester.mkdir("state")))
     monkeypatch.delenv("KTI_RUN_ID", raising=False)
     suite = pytester.mkdir("suite")
     (suite / "suite.yaml").write_text(SUITE_YAML)
@@ -108,3 +131,4 @@ def test_kti_env_is_created_once_shared_by_all_workers_and_torn_down_once(
     assert len(downs) == 1
     assert downs[0].read_text() == "8", "torn down after every test of every worker finished"
     assert downs[0].name.split("-")[1] not in {t.name.split("-")[2] for t in tests}, "the controller tears down"
+    assert not list((pytester.path / "state" / "sessions").iterdir()), "the session's shared files are removed"
