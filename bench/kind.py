@@ -20,7 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kubernetes import client, config
+from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,6 +32,7 @@ from kubetest_infra.build import Builder, BuildSpec
 from kubetest_infra.cleanup import remove_run_images
 from kubetest_infra.cluster import ClusterConfig, KindClusters
 from kubetest_infra.engine import get_engine
+from kubetest_infra.kube import api_client
 from kubetest_infra.load import Loader, normalize_ref
 from kubetest_infra.tags import new_run_id
 from kubetest_infra.wait import PodStartError, Target, Waiter, WaitPolicy
@@ -108,7 +109,7 @@ def main() -> int:
 
 
 def detect_latency(engine: object, kubeconfig: Path, repeats: int, run_id: str) -> dict[str, object]:
-    api = config.new_client_from_config(config_file=str(kubeconfig))
+    api = api_client(str(kubeconfig))
     core = client.CoreV1Api(api)
     from_event, from_apply = [], []
     for i in range(repeats):

@@ -30,6 +30,7 @@ from kubetest_infra.cleanup import remove_run_images
 from kubetest_infra.cluster import KindClusters
 from kubetest_infra.engine import get_engine
 from kubetest_infra.graph import Task, validate
+from kubetest_infra.kube import api_client
 from kubetest_infra.load import Loader
 from kubetest_infra.orchestrate import Orchestrator
 from kubetest_infra.render import load_manifests, render
@@ -55,9 +56,9 @@ def sequential(suite: Any, engine: Any, clusters: KindClusters, run_id: str) -> 
     t = time.monotonic()
     cluster = clusters.ensure(suite.cluster, reuse=False, recreate=True)
     steps["cluster"] = time.monotonic() - t
-    from kubernetes import client, config
+    from kubernetes import client
 
-    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    api = api_client(str(cluster.kubeconfig))
     client.CoreV1Api(api).create_namespace({"metadata": {"name": suite.namespace}})
     loader = Loader(engine)
     for name, image in images.items():

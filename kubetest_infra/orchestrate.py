@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 
 from kubetest_infra.apply import Applier
 from kubetest_infra.build import LABEL_DIGEST, Builder, BuildSpec, BuiltImage
@@ -38,6 +38,7 @@ from kubetest_infra.engine import Engine
 from kubetest_infra.errors import ConfigError
 from kubetest_infra.graph import GraphResult, Listener, Task, Undo, run_graph
 from kubetest_infra.handover import KindIptables, wait_handover
+from kubetest_infra.kube import api_client
 from kubetest_infra.kubewatch import Informer
 from kubetest_infra.load import Loader
 from kubetest_infra.probes import ServiceCheckError, wait_http, wait_tcp
@@ -176,8 +177,7 @@ class Orchestrator:
     def _api_client(self, cluster: Cluster) -> Any:
         with self._lock:
             if self._api is None:
-                self._api = config.new_client_from_config(  # type: ignore[no-untyped-call]
-                    config_file=str(cluster.kubeconfig))
+                self._api = api_client(cluster.kubeconfig)
             return self._api
 
     def _applier(self, cluster: Cluster) -> Applier:

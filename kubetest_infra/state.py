@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from filelock import FileLock, Timeout
-from kubernetes import config
 
+from kubetest_infra import kube
 from kubetest_infra.errors import ConfigError, KtiError
 from kubetest_infra.graph import Timing
 
@@ -314,7 +314,7 @@ class Environment:
         return self.endpoints[service].rstrip("/") + path
 
     def api_client(self) -> Any:
-        return config.new_client_from_config(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
+        return kube.api_client(self.kubeconfig)
 
 
 @dataclass(frozen=True)

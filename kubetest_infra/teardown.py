@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 
 from kubetest_infra.cluster import KindClusters
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import KtiError
+from kubetest_infra.kube import api_client
 from kubetest_infra.state import Item
 
 NAMESPACE_DELETE_TIMEOUT = 30  # seconds for the API call; the namespace then terminates on its own
@@ -83,7 +84,7 @@ def _remove_namespace(item: Item, clusters: KindClusters | None, api_for: ApiFor
             return
 
         def api_for(_: str) -> Any:
-            return config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+            return api_client(kubeconfig)
 
     core: Any = client.CoreV1Api(api_for(item.where))
     try:

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from conftest import lab_kind_binary, lab_node_image
 from kubetest_infra.build import Builder, BuildSpec, BuiltImage
 from kubetest_infra.cleanup import remove_run_images
 from kubetest_infra.cluster import Cluster, ClusterConfig, KindClusters, PortMapping
 from kubetest_infra.engine import Engine, get_engine
+from kubetest_infra.kube import api_client
 from kubetest_infra.load import Loader
 from kubetest_infra.state import default_state_dir
 from kubetest_infra.tags import new_run_id
@@ -55,7 +56,7 @@ def kind_env() -> Iterator[KindEnv]:
     cfg = ClusterConfig(CLUSTER, node_image=lab_node_image(), workers=1,
                         port_mappings=(PortMapping(NODE_PORT, HOST_PORT),))
     cluster = clusters.ensure(cfg)
-    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    api = api_client(str(cluster.kubeconfig))
     run_id = new_run_id()
     env = KindEnv(engine, clusters, cluster, cfg, api, Loader(engine), run_id, state)
     try:
