@@ -69,6 +69,8 @@ class Applied:
     name: str
     namespace: str | None
     api_version: str
+    uid: str = ""
+    generation: int = 0  # what the server answered: a waiter judges nothing older than this
 
 
 def _transient(exc: BaseException) -> bool:
@@ -130,17 +132,19 @@ class Applier:
                                   hint="set metadata.namespace or pass a default namespace")
             meta["namespace"] = ns
         try:
-            _retry(resource_apply)(self.dynamic, resource, obj, ns, self.field_manager)
+            live = _retry(resource_apply)(self.dynamic, resource, obj, ns, self.field_manager)
         except DynamicApiError as exc:
             if not (obj.get("kind") == "Job" and _immutable(exc)):
                 raise _api_error(obj, exc) from exc
             # A Job's pod template cannot change (a new run has a new image tag): replace the Job.
             self._delete_and_wait(resource, meta["name"], ns)
             try:
-                _retry(resource_apply)(self.dynamic, resource, obj, ns, self.field_manager)
+                live = _retry(resource_apply)(self.dynamic, resource, obj, ns, self.field_manager)
             except DynamicApiError as again:
                 raise _api_error(obj, again) from again
-        return Applied(obj["kind"], meta["name"], ns, obj["apiVersion"])
+        live_meta = getattr(live, "metadata", None)
+        return Applied(obj["kind"], meta["name"], ns, obj["apiVersion"], str(getattr(live_meta, "uid", "") or ""),
+                       int(getattr(live_meta, "generation", 0) or 0))
 
     def _delete_and_wait(self, resource: Any, name: str, namespace: str | None, timeout: float = 120) -> None:
         try:

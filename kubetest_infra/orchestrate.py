@@ -69,7 +69,7 @@ class Orchestrator:
     def __init__(self, suite: Suite, engine: Engine, run_id: str, *, clusters: KindClusters | None = None,
                  reuse: bool = True, keep: bool = False, no_cache: bool = False, max_workers: int = 4,
                  on_event: Listener | None = None, wait_policy: WaitPolicy | None = None,
-                 node_image: str | None = None, ledger: Ledger | None = None) -> None:
+                 node_image: str | None = None, ledger: Ledger | None = None, handover: bool = True) -> None:
         self.suite = suite
         self.engine = engine
         self.run_id = run_id
@@ -81,6 +81,7 @@ class Orchestrator:
         self.max_workers = max_workers
         self.on_event = on_event
         self.wait_policy = wait_policy or WaitPolicy()
+        self.handover = handover  # False only to measure the stale window it closes (bench/handover.py)
         self.cluster_config = suite.cluster if suite.cluster.node_image or not node_image else \
             replace(suite.cluster, node_image=node_image)
         self.ledger = ledger or Ledger(self.clusters.state_dir, f"run-{run_id}-{os.getpid()}", run_id, suite.name,
@@ -260,9 +261,11 @@ class Orchestrator:
         objs, srcs = load_manifests(svc.manifests)
         ids = {v.ref: v.image_id for k, v in deps.items() if k.startswith("load:")}
         rendered = render(objs, srcs, images, image_ids=ids)
-        self._applier(cluster).apply(list(rendered.objects), namespace=self.suite.namespace)
+        applied = self._applier(cluster).apply(list(rendered.objects), namespace=self.suite.namespace)
         targets = [Target(o["kind"], o["metadata"]["name"], self.suite.namespace)
                    for o in rendered.objects if is_waitable(o)]
+        versions = {Target(a.kind, a.name, a.namespace or self.suite.namespace): (a.uid, a.generation)
+                    for a in applied}
         diag_dir = Path(cluster.kubeconfig).parent / "diagnostics"
         export = partial(self.clusters.export_logs, cluster.name) if os.environ.get(EXPORT_LOGS_ENV) == "1" else None
         informer = self._informer_for(cluster)
@@ -271,8 +274,9 @@ class Orchestrator:
                         diagnose=lambda ts, why: str(collect(api, ts, why, diag_dir, nodes=cluster.nodes,
                                                              node_images=self.clusters.node_images,
                                                              kind_export=export)))
-        waiter.wait(targets)
-        self._hand_over(informer, targets, cluster)
+        waiter.wait(targets, versions)
+        if self.handover:
+            self._hand_over(informer, targets, cluster)
         deadline = time.monotonic() + (svc.timeout or 120)
         hint = f"check services.{svc.name}.ready in {self.suite.path}: the host port must be a cluster.ports " \
                "host_port mapped to the Service's NodePort"

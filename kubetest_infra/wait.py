@@ -392,7 +392,10 @@ class Waiter:
     _seen: dict[tuple[str, ...], float] = field(default_factory=dict, init=False, repr=False)
     _started: float = field(default=0.0, init=False, repr=False)
 
-    def wait(self, targets: Sequence[Target]) -> dict[Target, float]:
+    def wait(self, targets: Sequence[Target], applied: Mapping[Target, tuple[str, int]] | None = None
+             ) -> dict[Target, float]:
+        """Wait for ``targets``. ``applied`` (target → uid, generation the apply returned): until the
+        watch shows at least that object, nothing older is judged (a re-applied template's old pods)."""
         namespaces = {t.namespace for t in targets}
         if len(namespaces) > 1:
             raise KtiError(f"one wait covers one namespace, not {', '.join(sorted(namespaces))}",
@@ -410,12 +413,13 @@ class Waiter:
             kinds.add("ReplicaSet")
         try:
             informer.ensure(*sorted(kinds))
-            return self._loop(informer, targets)
+            return self._loop(informer, targets, applied or {})
         finally:
             if own:
                 informer.stop()
 
-    def _loop(self, informer: Informer, targets: Sequence[Target]) -> dict[Target, float]:
+    def _loop(self, informer: Informer, targets: Sequence[Target],
+              applied: Mapping[Target, tuple[str, int]]) -> dict[Target, float]:
         started = self._started = self.clock()
         deadline = started + self._timeout(informer, targets)
         ready_at: dict[Target, float] = {}
@@ -436,6 +440,10 @@ class Waiter:
                 if obj is None:
                     last[target] = "not found (not applied yet?)"
                     continue
+                behind = _behind(obj, applied.get(target))
+                if behind:
+                    last[target] = behind
+                    continue
                 verdict = self._judge(target, obj, pods, rsets, now)
                 if isinstance(verdict, PodStartError):
                     raise verdict
@@ -455,6 +463,9 @@ class Waiter:
 
     def _judge(self, target: Target, obj: Obj, pods: Sequence[Obj], rsets: Sequence[Obj],
                now: float) -> tuple[bool, str, float | None] | PodStartError:
+        if target.kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet") and \
+                (obj.get("status") or {}).get("observedGeneration", 0) < _meta(obj).get("generation", 0):
+            return False, f"waiting for the controller to observe generation {_meta(obj).get('generation')}", None
         mine = current_pods(target.kind, obj, pods, rsets)
         job = target.kind == "Job"
         views = [judge_pod(p, self.policy, self._first_seen, now, job=job) for p in mine]
@@ -542,6 +553,19 @@ class Waiter:
             if text and text.strip():
                 out.append(f"[{'previous' if previous else 'current'} container]\n{text.rstrip()}")
         return "\n".join(out)
+
+
+def _behind(obj: Obj, applied: tuple[str, int] | None) -> str:
+    """Why the watched object is older than what was applied ("" when it is current)."""
+    if applied is None:
+        return ""
+    uid, generation = applied
+    meta = _meta(obj)
+    if uid and meta.get("uid") != uid:
+        return "waiting for the watch to see the applied object (an older one with the same name is cached)"
+    if meta.get("generation", 0) < generation:
+        return f"waiting for the watch to see generation {generation}"
+    return ""
 
 
 def _workload_problem(target: Target, st: TargetStatus, pods: Sequence[Obj], mine: Sequence[Obj]) -> PodProblem:

@@ -276,3 +276,13 @@ def test_a_timeout_carries_the_last_reason_events_and_logs() -> None:
     assert "secret x not found" in text
     assert "boom" in text
     assert "Hint:" in text
+
+
+def test_an_object_older_than_the_applied_one_is_not_judged() -> None:
+    from kubetest_infra.wait import _behind
+
+    live = {"metadata": {"uid": "u1", "generation": 3}}
+    assert _behind(live, None) == ""
+    assert _behind(live, ("u1", 3)) == ""
+    assert "generation 4" in _behind(live, ("u1", 4))
+    assert "older one with the same name" in _behind(live, ("u2", 1)), "a replaced Job has a new uid"

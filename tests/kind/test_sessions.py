@@ -1,0 +1,210 @@
+"""Sessions on a real cluster: ownership (attach, leave, last one out, busy), warm re-runs that serve only
+new code, crashes at first sight, no tag growth. A small busybox suite keeps each round to seconds.
+
+Every test lists clusters, our images and state files before and after: what a session did not create
+must still be there, what it created must be gone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import lab_kind_binary, lab_node_image
+from kubetest_infra.cluster import KindClusters, NotOwnedError
+from kubetest_infra.engine import Engine, get_engine
+from kubetest_infra.graph import GraphError
+from kubetest_infra.session import EnvironmentBusyError, Session
+from kubetest_infra.state import Owner
+from kubetest_infra.suite import load_suite
+from kubetest_infra.wait import PodStartError
+from tests.kind.stale_window import rounds, write_suite
+
+pytestmark = [pytest.mark.kind]
+CLUSTER = os.environ.get("KTI_SESSIONS_CLUSTER", "kti-sessions")
+PORT = int(os.environ.get("KTI_SESSIONS_HOSTPORT", "38096"))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return get_engine()
+
+
+@pytest.fixture
+def world(tmp_path: Path, engine: Engine) -> Iterator[tuple[Path, KindClusters]]:
+    state = tmp_path / "state"
+    clusters = KindClusters(engine, state_dir=state, kind_binary=lab_kind_binary())
+    suite = write_suite(tmp_path / "suite", cluster=CLUSTER, node_image=lab_node_image() or "", port=PORT,
+                        base=os.environ.get("BUSYBOX_IMAGE", "busybox:1.36"))
+    yield suite, clusters
+    if clusters.exists(CLUSTER):  # a failed test: remove what it left, by ownership records only
+        Session(load_suite(suite), engine, clusters=clusters).down(force=True)
+
+
+def snapshot(engine: Engine, clusters: KindClusters) -> dict[str, object]:
+    """What exists: Kind clusters, our images of the suite (ref → id), our state files."""
+    images = {}
+    for image_id in engine.image_ids({"io.kubetest-infra.consumer": "stale"}):
+        info = engine.inspect_image(image_id)
+        if info is not None:
+            images.update({ref: info.id for ref in info.repo_tags} or {f"<untagged {info.id[:19]}>": info.id})
+    state = sorted(str(p.relative_to(clusters.state_dir)) for p in clusters.state_dir.rglob("*")
+                   if p.is_file() and "diagnostics" not in p.parts and p.suffix != ".lock" and
+                   not p.name.endswith(".holder")) if clusters.state_dir.exists() else []
+    return {"clusters": sorted(clusters._kind("get", "clusters").split()), "images": images, "state": state}
+
+
+def other_process() -> subprocess.Popen[bytes]:
+    """A live process standing for another session's owner (a second pytest, say)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+
+
+def owner_of(proc: subprocess.Popen[bytes], command: str) -> Owner:
+    return Owner.current(command, pid=proc.pid)
+
+
+def test_a_session_attached_to_a_kept_environment_leaves_it_exactly_as_found(
+        world: tuple[Path, KindClusters], engine: Engine) -> None:
+    suite_file, clusters = world
+    suite = load_suite(suite_file)
+    before = snapshot(engine, clusters)
+    kept = Session(suite, engine, clusters=clusters, command="kti up").up(keep_env=True)
+    after_up = snapshot(engine, clusters)
+    assert CLUSTER in after_up["clusters"]  # type: ignore[operator]
+
+    peer = other_process()
+    try:
+        session = Session(suite, engine, clusters=clusters, owner=owner_of(peer, "pytest"), command="pytest")
+        env = session.up(keep_env=False)
+        assert session.attached
+        assert env.run_id == kept.run_id, "an attached session takes the environment's run id"
+        assert set(env.reused_images) == {"web"}, "unchanged images are neither rebuilt nor retagged"
+        assert env.image_ids == kept.image_ids
+        assert session.end() == [], "an attached session removes nothing"
+    finally:
+        peer.kill()
+    assert snapshot(engine, clusters) == after_up, "the kept environment is exactly as it was"
+
+    # kti down removes everything the environment owns, and only that
+    lines = Session(suite, engine, clusters=clusters, command="kti down").down()
+    assert any(line.startswith("cluster ") for line in lines)
+    assert snapshot(engine, clusters) == before
+
+
+def test_two_sessions_share_one_environment_and_the_last_one_out_removes_it(
+        world: tuple[Path, KindClusters], engine: Engine) -> None:
+    suite_file, clusters = world
+    suite = load_suite(suite_file)
+    before = snapshot(engine, clusters)
+    first_owner, second_owner = other_process(), other_process()
+    try:
+        first = Session(suite, engine, clusters=clusters, key="pytest-a", owner=owner_of(first_owner, "pytest A"))
+        second = Session(suite, engine, clusters=clusters, key="pytest-b", owner=owner_of(second_owner, "pytest B"))
+        env_a = first.up(keep_env=False)
+        env_b = second.up(keep_env=False)
+        assert second.attached
+        assert env_b.run_id == env_a.run_id
+        assert not first.attached
+        (suite_file.parent / "web" / "index.html").write_text("changed\n")
+        third = Session(load_suite(suite_file), engine, clusters=clusters, owner=Owner.current("pytest C"))
+        with pytest.raises(EnvironmentBusyError) as busy:  # a third session with other code: refused at once
+            third.up()
+        assert "pytest A" in str(busy.value)
+        assert "Hint:" in str(busy.value)
+        (suite_file.parent / "web" / "index.html").write_text("v0\n")
+
+        during = snapshot(engine, clusters)
+        lines_a = first.end()
+        assert any("left for the sessions still attached" in line for line in lines_a), lines_a
+        assert snapshot(engine, clusters)["clusters"] == during["clusters"], "B still uses the cluster"
+        with pytest.raises(EnvironmentBusyError):
+            Session(suite, engine, clusters=clusters, command="kti down").down()
+        lines = second.end()
+        assert any(line.startswith("cluster ") for line in lines), lines
+    finally:
+        first_owner.kill()
+        second_owner.kill()
+    assert snapshot(engine, clusters) == before, "the last session out removed everything, and only that"
+
+
+def test_a_cluster_without_our_record_is_never_deleted(world: tuple[Path, KindClusters], engine: Engine) -> None:
+    suite_file, clusters = world
+    suite = load_suite(suite_file)
+    Session(suite, engine, clusters=clusters).up(keep_env=True)
+    record = clusters.cluster_dir(CLUSTER) / "state.json"
+    saved = record.read_bytes()
+    record.unlink()  # as if someone else had made this cluster
+    try:
+        with pytest.raises(NotOwnedError) as info:
+            clusters.delete(CLUSTER)
+        assert "Hint:" in str(info.value)
+        assert "--force" in str(info.value)
+        assert CLUSTER in clusters._kind("get", "clusters").split()
+    finally:
+        record.write_bytes(saved)
+    Session(suite, engine, clusters=clusters).down()
+    assert not clusters.exists(CLUSTER)
+
+
+def test_warm_re_runs_serve_only_new_code_and_leave_no_tags_behind(world: tuple[Path, KindClusters],
+                                                                     engine: Engine) -> None:
+    """Issue 9: 0 stale answers in 20 back-to-back warm re-runs; no tag growth across them."""
+    suite_file, clusters = world
+    first = rounds(suite_file, engine, clusters, 1)
+    tags_after_first = len(snapshot(engine, clusters)["images"])  # type: ignore[arg-type]
+    results = rounds(suite_file, engine, clusters, 20, probe_seconds=1.0)
+    stale = [(r.version, r.stale, r.answers) for r in results if r.stale]
+    assert not stale, f"stale answers after hand-over: {stale}"
+    assert all(r.answers > 0 for r in results)
+    assert first[0].answers > 0
+    images = snapshot(engine, clusters)["images"]
+    assert len(images) == tags_after_first == 1, f"tags pile up: {images}"  # type: ignore[arg-type]
+    Session(load_suite(suite_file), engine, clusters=clusters).down()
+
+
+CRASHER = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: crasher}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: crasher}}
+  template:
+    metadata: {labels: {app: crasher}}
+    spec:
+      containers:
+      - name: crasher
+        image: ${image:web}
+        command: ["sh", "-c", "echo crash-marker-ROUND; exit 1"]
+"""
+
+
+def test_a_container_that_exits_at_start_fails_every_time_within_seconds(
+        world: tuple[Path, KindClusters], engine: Engine) -> None:
+    """Issue 9: no probe, exits 1 at start → never 'ok'; 10 of 10, reported in ≤ 5 s with its log line."""
+    suite_file, clusters = world
+    Session(load_suite(suite_file), engine, clusters=clusters).up()
+    text = suite_file.read_text() + textwrap.dedent("""
+      crasher:
+        manifests: [./crasher.yaml]
+    """).replace("\n", "\n  ")
+    suite_file.write_text(text)
+    seconds = []
+    for i in range(10):  # a new template each round: the old round's crashing pod must not be what is judged
+        (suite_file.parent / "crasher.yaml").write_text(CRASHER.replace("ROUND", str(i)))
+        with pytest.raises(GraphError) as info:
+            Session(load_suite(suite_file), engine, clusters=clusters).up()
+        err = info.value.failures.get("service:crasher")
+        assert isinstance(err, PodStartError), info.value
+        assert err.problem.reason in ("ContainerCrashed", "CrashLoopBackOff")
+        assert f"crash-marker-{i}" in err.logs, err.logs
+        seconds.append(err.seconds)
+    assert max(seconds) <= 5.0, f"crash reported after {seconds}"
+    Session(load_suite(suite_file), engine, clusters=clusters).down()
