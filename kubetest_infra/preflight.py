@@ -25,6 +25,7 @@ container-name matching, computed from the parsed objects) and carries warnings 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,14 +86,15 @@ def check(suite: Suite, planned: Mapping[str, str], *, allowed_refs: Iterable[st
     every problem, or return the :class:`Plan`.
 
     ``planned``: image name → reference the run will produce (:func:`planned_refs`); ``allowed_refs``:
-    further local references it may load (:func:`local_refs`). ``euid``, ``unprivileged_port_start``
-    and ``env`` default to this process's.
+    further local references it may load (:func:`local_refs`). ``euid`` (the user the run acts as;
+    default this process, whose reads are judged by ``os.access``), ``unprivileged_port_start`` and
+    ``env`` default to this machine's.
     """
     problems: list[Problem] = []
     warnings: list[str] = []
     f = str(suite.path)
     for name, build in _builds(suite):
-        problems.extend(_check_build(f, name, build, buildkit, warnings))
+        problems.extend(_check_build(f, name, build, _Reading(buildkit, euid), warnings))
     problems.extend(_check_host(suite, euid, unprivileged_port_start))
     problems.extend(_check_overrides(suite, os.environ if env is None else env))
     loaded: dict[str, tuple[list[Obj], list[Source]]] = {}
@@ -106,13 +108,30 @@ def check(suite: Suite, planned: Mapping[str, str], *, allowed_refs: Iterable[st
         problems.extend(_check_objects(suite, svc, objs, srcs, planned=planned, allowed_refs=allowed_refs))
         references[svc.name] = frozenset(referenced_images(objs, planned))
     problems.extend(_check_duplicates(suite, loaded))
-    problems.extend(_check_node_ports(suite, loaded))
+    if not any(p.field.startswith("services.") for p in problems):  # only against every object of the suite
+        problems.extend(_check_node_ports(suite, loaded))
     if problems:
         raise PreflightError.of(problems, "problems found before starting")
     return Plan(references, tuple(warnings))
 
 
 # -- images ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Reading:
+    """How the engine will read a context: its ignore-file rules, and as whom (None: this process)."""
+
+    buildkit: bool
+    euid: int | None
+
+    def readable(self, path: str | Path) -> bool:
+        if self.euid is None:
+            return os.access(path, os.R_OK)  # this process: ACLs and capabilities included
+        if self.euid == 0:
+            return True
+        st = os.stat(path)  # another user: its owner bits if it owns the file, else the others' bits
+        return bool(st.st_mode & (stat.S_IRUSR if st.st_uid == self.euid else stat.S_IROTH))
+
+
 def _builds(suite: Suite) -> list[tuple[str, ImageBuild]]:
     out = [(f"images.{name}", build) for name, build in suite.images.items()]
     out += [(f"external_images.{name}.build", ext.build) for name, ext in suite.external_images.items()
@@ -120,7 +139,7 @@ def _builds(suite: Suite) -> list[tuple[str, ImageBuild]]:
     return out
 
 
-def _check_build(f: str, where: str, build: ImageBuild, buildkit: bool, warnings: list[str]) -> list[Problem]:
+def _check_build(f: str, where: str, build: ImageBuild, reading: _Reading, warnings: list[str]) -> list[Problem]:
     ctx = build.context
     df = Path(build.dockerfile or "Dockerfile")
     df = df if df.is_absolute() else ctx / df
@@ -135,6 +154,8 @@ def _check_build(f: str, where: str, build: ImageBuild, buildkit: bool, warnings
         what = "is a directory" if df.is_dir() else "not found"
         return [Problem(f, field_name, f"Dockerfile {df} {what}", hint)]
     try:
+        if not reading.readable(df):
+            raise PermissionError(13, "Permission denied")
         text = df.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         return [Problem(f, field_name, f"cannot read Dockerfile {df}: {exc.strerror}",
@@ -165,20 +186,20 @@ def _check_build(f: str, where: str, build: ImageBuild, buildkit: bool, warnings
     unused = sorted(set(build.build_args) - parsed.declared_args)
     if unused:
         warnings.append(f"{where}.build_args: {', '.join(unused)} not declared by any ARG in {df} (unused)")
-    problems.extend(_check_context_files(f, where, ctx, df, buildkit))
+    problems.extend(_check_context_files(f, where, ctx, df, reading))
     return problems
 
 
-def _check_context_files(f: str, where: str, ctx: Path, df: Path, buildkit: bool) -> list[Problem]:
+def _check_context_files(f: str, where: str, ctx: Path, df: Path, reading: _Reading) -> list[Problem]:
     try:
-        matcher, ignore_file = load_matcher(ctx, df, buildkit)
+        matcher, ignore_file = load_matcher(ctx, df, reading.buildkit)
         found, saw_any = _walk(ctx, matcher)
     except ConfigError as exc:
         return [Problem(f, f"{where}.context", exc.message, f"{exc.hint} (context of {where})")]
     if saw_any and not any(e.kind != "dir" for e in found):
         return [Problem(f, f"{where}.context", f"every file of the build context {ctx} is excluded by {ignore_file}",
                         f"the engine would receive an empty context: narrow {ignore_file} or fix {where}.context")]
-    unreadable = [e.rel for e in found if e.kind == "file" and not os.access(e.abspath, os.R_OK)]
+    unreadable = [e.rel for e in found if e.kind == "file" and not reading.readable(e.abspath)]
     if not unreadable:
         return []
     shown = ", ".join(unreadable[:5]) + (f" (+{len(unreadable) - 5} more)" if len(unreadable) > 5 else "")
@@ -265,10 +286,8 @@ def _check_objects(suite: Suite, svc: Service, objs: list[Obj], srcs: list[Sourc
         return []
     f = str(suite.path)
     problems: list[Problem] = []
-    for message in namespace_problems(objs, srcs, suite.namespace):
-        problems.append(Problem(f, f"services.{svc.name}.manifests", message,
-                                f"remove metadata.namespace from the object (it then goes to {suite.namespace}), "
-                                "or set the suite's namespace: field to it"))
+    for wrong in namespace_problems(objs, srcs, suite.namespace):
+        problems.append(Problem(f, _field_of(svc, wrong.source), wrong.message, wrong.hint))
     unknown = sorted(placeholder_names(objs) - set(planned))
     for name in unknown:
         where = next((_field_of(svc, s) for o, s in zip(objs, srcs, strict=True)

@@ -234,9 +234,7 @@ def render(
         wrong = namespace_problems(objects, sources, namespace)
         if wrong:
             raise ManifestError("objects outside the suite's namespace; nothing was applied:\n"
-                                + "\n".join(f"  - {p}" for p in wrong),
-                                hint=f"remove metadata.namespace from these objects (they then go to {namespace}), "
-                                "or set namespace: in the suite file")
+                                + "\n".join(f"  - {p}" for p in wrong), hint=wrong[0].hint)
     registries = {r.strip("/") for r in local_registries}
     ours = set(images.values()) | set(allowed_refs)
     by_repo = {parse_ref(ref).repository: ref for ref in images.values()}
@@ -318,23 +316,39 @@ def referenced_images(objects: Iterable[Obj], images: Mapping[str, str], *, matc
     return used
 
 
-def namespace_problems(objects: Sequence[Obj], sources: Sequence[Source], namespace: str) -> list[str]:
+@dataclass(frozen=True)
+class NamespaceProblem:
+    source: Source
+    message: str
+    hint: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def namespace_problems(objects: Sequence[Obj], sources: Sequence[Source], namespace: str) -> list[NamespaceProblem]:
     """Objects that would land outside the suite's ``namespace`` (or create another namespace).
 
     The run waits for, and removes, what is in its namespace only: an object elsewhere is never seen
     ready and outlives the run.
     """
-    problems: list[str] = []
+    problems: list[NamespaceProblem] = []
     for obj, src in zip(objects, sources, strict=True):
         kind = str(obj.get("kind"))
         meta = obj.get("metadata") or {}
         label = f"{src}: {kind}/{meta.get('name')}"
         if kind == "Namespace" and meta.get("name") != namespace:
-            problems.append(f"{label} creates namespace {meta.get('name')!r}, but the suite deploys into "
-                            f"{namespace!r} and never removes another namespace")
+            problems.append(NamespaceProblem(
+                src, f"{label} creates namespace {meta.get('name')!r}, but the suite deploys into {namespace!r} "
+                "and would never remove another namespace",
+                f"remove the Namespace object (the run creates and removes {namespace} itself), or make "
+                f"{meta.get('name')} the suite's namespace (namespace: in the suite file)"))
         elif kind not in CLUSTER_SCOPED and meta.get("namespace") not in (None, "", namespace):
-            problems.append(f"{label} sets metadata.namespace {meta.get('namespace')!r}, but the suite's "
-                            f"namespace is {namespace!r}")
+            problems.append(NamespaceProblem(
+                src, f"{label} sets metadata.namespace {meta.get('namespace')!r}, but the suite's namespace is "
+                f"{namespace!r}",
+                f"remove metadata.namespace from the object (it then goes to {namespace}), or make "
+                f"{meta.get('namespace')} the suite's namespace (namespace: in the suite file)"))
     return problems
 
 

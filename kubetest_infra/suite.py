@@ -346,7 +346,7 @@ def _read(r: _Reader, raw: Any, path: Path, manifests_root: Path | None) -> Suit
     if not top:
         return None
     name = _name_and_namespace(r, top)
-    cluster, ports = _cluster(r, top["cluster"]) if "cluster" in top else (None, [])
+    cluster, ports = _cluster(r, top["cluster"]) if "cluster" in top else (None, None)
     images = _images(r, top.get("images"))
     externals = _externals(r, top.get("external_images"), images)
     root = manifests_root or _manifests_root(path)
@@ -366,7 +366,7 @@ def _read(r: _Reader, raw: Any, path: Path, manifests_root: Path | None) -> Suit
                 if dep not in declared:
                     r.bad(f"services.{svc.name}.depends_on", f"unknown service {dep!r}",
                           f"known services: {', '.join(sorted(declared))}")
-    if "cluster" in top:
+    if ports is not None:  # only against a complete list of mappings
         for svc in services.values():
             _check_ready_ports(r, svc, ports)
     if r.problems or name is None or cluster is None:
@@ -380,6 +380,7 @@ def _read(r: _Reader, raw: Any, path: Path, manifests_root: Path | None) -> Suit
 def _name_and_namespace(r: _Reader, top: dict[str, Any]) -> tuple[str, str] | None:
     """(name, namespace); a name that cannot be the default namespace is reported on ``name``."""
     name = namespace = None
+    valid_name = False
     with r.section():
         if "name" in top:
             name = r.string(top["name"], "name")
@@ -387,6 +388,7 @@ def _name_and_namespace(r: _Reader, top: dict[str, Any]) -> tuple[str, str] | No
                 validate_consumer(name)
             except ConfigError as exc:
                 r.bad("name", exc.message, f"{exc.hint} (name is the suite part of every image tag)")
+            valid_name = True
     with r.section():
         if top.get("namespace") is not None:
             namespace = r.string(top["namespace"], "namespace")
@@ -394,8 +396,8 @@ def _name_and_namespace(r: _Reader, top: dict[str, Any]) -> tuple[str, str] | No
                 r.bad("namespace", f"invalid namespace {namespace!r}",
                       "namespace must be a DNS label: 1-63 lowercase letters, digits and '-', "
                       "starting and ending with a letter or digit")
-        elif name is not None and not _NAME.match(name):
-            suggestion = re.sub(r"[^a-z0-9-]", "-", name).strip("-")
+        elif valid_name and name is not None and not _NAME.match(name):
+            suggestion = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")
             r.bad("name", f"{name!r} is also the default namespace, and a namespace must be a DNS label "
                           "(lowercase letters, digits and '-')",
                   f"rename it (e.g. name: {suggestion}), or add namespace: {suggestion} to keep the name")
@@ -460,15 +462,15 @@ def _check_image_name(r: _Reader, where: str, name: str) -> None:
         r.bad(where, exc.message, f"{exc.hint} (rename {where})")
 
 
-def _cluster(r: _Reader, value: Any) -> tuple[ClusterConfig | None, list[PortMapping]]:
-    """The cluster (None when any field is bad) and the port mappings that could be read."""
+def _cluster(r: _Reader, value: Any) -> tuple[ClusterConfig | None, list[PortMapping] | None]:
+    """The cluster (None when any field is bad) and its port mappings (None when any is bad)."""
     count = len(r.problems)
     m: dict[str, Any] = {}
     with r.section():
         m = r.mapping(value, "cluster", {"name", "node_image", "workers", "ports", "mounts", "kubeadm_patches"},
                       {"name"})
     if not m:
-        return None, []
+        return None, None
     name = node_image = None
     workers = 0
     with r.section():
@@ -489,7 +491,9 @@ def _cluster(r: _Reader, value: Any) -> tuple[ClusterConfig | None, list[PortMap
         if workers < 0:
             r.bad("cluster.workers", f"workers must be >= 0, not {workers}",
                   "cluster.workers: 0 is a single-node cluster (the control plane runs the pods)")
+    before_ports = len(r.problems)
     ports = _ports(r, m.get("ports"))
+    complete = ports if r.clean_since(before_ports) else None
     mounts = _mounts(r, m.get("mounts"))
     patches: list[str] = []
     with r.section():
@@ -504,15 +508,15 @@ def _cluster(r: _Reader, value: Any) -> tuple[ClusterConfig | None, list[PortMap
                 if not isinstance(parsed, dict):
                     r.bad(f"cluster.kubeadm_patches[{i}]", f"expected a YAML mapping, got {_kind(parsed)}",
                           "each kubeadm patch is a YAML document with kind/apiVersion (use a `|` block)")
-    if not r.clean_since(count) or name is None:
-        return None, ports
+    if not r.clean_since(count) or name is None or complete is None:
+        return None, complete
     try:
-        return ClusterConfig(name=name, node_image=node_image, workers=workers, port_mappings=tuple(ports),
-                             mounts=tuple(mounts), kubeadm_patches=tuple(patches)), ports
+        return ClusterConfig(name=name, node_image=node_image, workers=workers, port_mappings=tuple(complete),
+                             mounts=tuple(mounts), kubeadm_patches=tuple(patches)), complete
     except ConfigError as exc:  # checked above; kept so a new rule in ClusterConfig still names the section
         with r.section():
             r.bad("cluster", exc.message, exc.hint)
-        return None, ports
+        return None, complete
 
 
 def _list(r: _Reader, value: Any, where: str, example: str) -> list[Any]:
