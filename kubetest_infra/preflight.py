@@ -1,9 +1,9 @@
 """Preflight: everything knowable without an engine or a cluster, checked before anything starts.
 
-:func:`check` takes a loaded :class:`~kubetest_infra.suite.Suite` (``load_suite`` has already refused
-a bad suite.yaml, unset ``${env:…}`` included) and the references the run will produce, reads files
-only, and reports every problem at once in one :class:`PreflightError`, each with a hint naming the
-suite.yaml field to change:
+:func:`check` takes a loaded :class:`~kubetest_infra.suite.Suite` (``load_suite`` has already refused a
+bad suite.yaml, unset ``${env:…}`` included) and the references the run will produce
+(:func:`check_suite` plans them itself), reads files only, and reports every problem at once in one
+:class:`PreflightError`, each with a hint naming the suite.yaml field to change:
 
 - images (``images.NAME`` and ``external_images.NAME.build``): the Dockerfile exists and is readable,
   ``target`` names a stage (``FROM … AS name``), every ARG a ``FROM`` line uses resolves (a default or
@@ -29,6 +29,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kubetest_infra import dockerfile
 from kubetest_infra.digest import _walk
@@ -48,9 +49,10 @@ from kubetest_infra.render import (
 )
 from kubetest_infra.render import _containers as containers
 from kubetest_infra.suite import ImageBuild, Service, Suite
-from kubetest_infra.tags import DEFAULT_REGISTRY, image_ref, parse_ref
+from kubetest_infra.tags import DEFAULT_REGISTRY, RUN_ID_ENV, image_ref, parse_ref
 
 UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+PREFLIGHT_RUN_ID = "preflight"  # stands in for a run id chosen later
 _UNKNOWN_IMAGE = "localhost/kti-preflight-unknown-image:preflight"  # stands in for an undeclared ${image:…}
 
 
@@ -77,6 +79,19 @@ def planned_refs(suite: Suite, run_id: str, registry: str = DEFAULT_REGISTRY) ->
 def local_refs(suite: Suite, run_id: str, registry: str = DEFAULT_REGISTRY) -> dict[str, str]:
     """The references external images get when they are built locally (their ``build:`` fallback)."""
     return {name: image_ref(name, suite.name, run_id, registry) for name in suite.external_images}
+
+
+def check_suite(suite: Suite, run_id: str | None = None, **options: Any) -> Plan:
+    """:func:`check` with the references a run of ``run_id`` would plan: what ``kti up`` and the pytest
+    plugin call right after :func:`~kubetest_infra.suite.load_suite`, before the engine is asked
+    anything or a lock or state file exists. Without a run id (it is chosen later, under the
+    environment's lock) ``$KTI_RUN_ID`` or a stand-in is used: the checks do not depend on it, except
+    that a manifest hard-coding the exact reference of a pinned run id is accepted only with that id.
+    ``options`` go to :func:`check` (``euid``, ``unprivileged_port_start``, ``buildkit``, ``env``).
+    """
+    env = options.get("env")
+    run = run_id or (os.environ if env is None else env).get(RUN_ID_ENV) or PREFLIGHT_RUN_ID
+    return check(suite, planned_refs(suite, run), allowed_refs=local_refs(suite, run).values(), **options)
 
 
 def check(suite: Suite, planned: Mapping[str, str], *, allowed_refs: Iterable[str] = (),

@@ -26,7 +26,7 @@ from kubetest_infra.build import LABEL_CONSUMER, LABEL_MANAGED, LABEL_RUN
 from kubetest_infra.cleanup import parse_age, remove_run_images
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import KtiError
-from kubetest_infra.preflight import Plan, check, local_refs, planned_refs
+from kubetest_infra.preflight import Plan, check_suite
 from kubetest_infra.suite import Suite, load_suite
 from tests.fakes import RecordingRunner
 
@@ -171,8 +171,7 @@ class Workspace:
     def preflight(self) -> Plan:
         """What `kti up` does before it starts anything: read the suite, then preflight."""
         suite = self.load()
-        return check(suite, planned_refs(suite, RUN), allowed_refs=local_refs(suite, RUN).values(),
-                     euid=self.euid, unprivileged_port_start=1024, env=self.env)
+        return check_suite(suite, RUN, euid=self.euid, unprivileged_port_start=1024, env=self.env)
 
     def engine(self, images: list[dict[str, Any]]) -> Engine:
         """An engine whose runner answers the image listing and inspection, and records everything."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kubetest_infra.preflight import PreflightError, check, local_refs, planned_refs
+from kubetest_infra.preflight import PreflightError, check, check_suite, local_refs, planned_refs
 from kubetest_infra.suite import load_suite
 from tests.unit.test_bad_inputs import RUN, Workspace
 
@@ -69,3 +69,14 @@ def test_a_pod_host_port_exposes_the_node_port(tmp_path: Path) -> None:
     ws.edit("manifests/s/web.yaml", "        image: ${image:app}\n",
             "        image: ${image:app}\n        ports: [{containerPort: 8080, hostPort: 30080}]\n")
     ws.preflight()
+
+
+def test_check_suite_plans_with_the_pinned_run_id_or_a_stand_in(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    ws.create()
+    ws.edit("manifests/s/web.yaml", "${image:app}", "localhost/app:s-ci-7")  # the exact ref of run ci-7
+    suite = ws.load()
+    check_suite(suite, "ci-7", env={})
+    check_suite(suite, env={"KTI_RUN_ID": "ci-7"})
+    with pytest.raises(PreflightError, match="this run built localhost/app:s-preflight"):
+        check_suite(suite, env={})
