@@ -29,7 +29,6 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kubetest_infra import dockerfile
 from kubetest_infra.digest import _walk
@@ -81,17 +80,19 @@ def local_refs(suite: Suite, run_id: str, registry: str = DEFAULT_REGISTRY) -> d
     return {name: image_ref(name, suite.name, run_id, registry) for name in suite.external_images}
 
 
-def check_suite(suite: Suite, run_id: str | None = None, **options: Any) -> Plan:
+def check_suite(suite: Suite, run_id: str | None = None, *, euid: int | None = None,
+                unprivileged_port_start: int | None = None, buildkit: bool = True,
+                env: Mapping[str, str] | None = None) -> Plan:
     """:func:`check` with the references a run of ``run_id`` would plan: what ``kti up`` and the pytest
     plugin call right after :func:`~kubetest_infra.suite.load_suite`, before the engine is asked
     anything or a lock or state file exists. Without a run id (it is chosen later, under the
     environment's lock) ``$KTI_RUN_ID`` or a stand-in is used: the checks do not depend on it, except
     that a manifest hard-coding the exact reference of a pinned run id is accepted only with that id.
-    ``options`` go to :func:`check` (``euid``, ``unprivileged_port_start``, ``buildkit``, ``env``).
+    The keyword arguments are :func:`check`'s.
     """
-    env = options.get("env")
     run = run_id or (os.environ if env is None else env).get(RUN_ID_ENV) or PREFLIGHT_RUN_ID
-    return check(suite, planned_refs(suite, run), allowed_refs=local_refs(suite, run).values(), **options)
+    return check(suite, planned_refs(suite, run), allowed_refs=local_refs(suite, run).values(), euid=euid,
+                 unprivileged_port_start=unprivileged_port_start, buildkit=buildkit, env=env)
 
 
 def check(suite: Suite, planned: Mapping[str, str], *, allowed_refs: Iterable[str] = (),
@@ -107,23 +108,26 @@ def check(suite: Suite, planned: Mapping[str, str], *, allowed_refs: Iterable[st
     """
     problems: list[Problem] = []
     warnings: list[str] = []
+    allowed = tuple(allowed_refs)
     f = str(suite.path)
     for name, build in _builds(suite):
         problems.extend(_check_build(f, name, build, _Reading(buildkit, euid), warnings))
     problems.extend(_check_host(suite, euid, unprivileged_port_start))
     problems.extend(_check_overrides(suite, os.environ if env is None else env))
     loaded: dict[str, tuple[list[Obj], list[Source]]] = {}
+    unread = False
     for svc in suite.services.values():
         objs, srcs, found = _read_manifests(f, svc)
         problems.extend(found)
+        unread = unread or bool(found)
         loaded[svc.name] = (objs, srcs)
     references: dict[str, frozenset[str]] = {}
     for svc in suite.services.values():
         objs, srcs = loaded[svc.name]
-        problems.extend(_check_objects(suite, svc, objs, srcs, planned=planned, allowed_refs=allowed_refs))
+        problems.extend(_check_objects(suite, svc, objs, srcs, planned=planned, allowed_refs=allowed))
         references[svc.name] = frozenset(referenced_images(objs, planned))
     problems.extend(_check_duplicates(suite, loaded))
-    if not any(p.field.startswith("services.") for p in problems):  # only against every object of the suite
+    if not unread:  # only against every object of the suite
         problems.extend(_check_node_ports(suite, loaded))
     if problems:
         raise PreflightError.of(problems, "problems found before starting")

@@ -225,13 +225,19 @@ class _Reader:
     def string(self, value: Any, where: str) -> str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             self.bad(where, f"expected a string, got {_kind(value)}", f"quote the value of {where}")
-        try:
-            return expand_env(str(value), f"{self.path}: {where}", self.env)
-        except SuiteError as exc:
-            self.bad(where, exc.message.rsplit(": ", 1)[-1], exc.hint)
+        env = os.environ if self.env is None else self.env
+        for m in _ENV.finditer(str(value)):
+            name, default = m.group(1), m.group(2)
+            if not env.get(name) and default is None:
+                self.bad(where, f"environment variable {name} is not set",
+                         f"export {name}, or give a default in {where}: ${{env:{name}:-VALUE}}")
+        return expand_env(str(value), f"{self.path}: {where}", env)
 
     def optional_string(self, value: Any, where: str) -> str | None:
-        return self.string(value, where) or None if value not in (None, "") else None
+        """A string, or None for a missing or empty value (also one that expands to nothing)."""
+        if value is None or value == "":
+            return None
+        return self.string(value, where) or None
 
     def integer(self, value: Any, where: str) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -327,7 +333,10 @@ def load_suite(path: Path | str, env: Mapping[str, str] | None = None, manifests
                                      f"YAML would silently keep only the second {exc.path}: remove or rename one "
                                      f"(line {exc.second_line})")]) from exc
     except yaml.YAMLError as exc:
-        raise SuiteError(f"{path}: malformed YAML: {exc}", hint="fix the YAML syntax at the line shown") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise SuiteError.of([Problem(str(path), where, f"malformed YAML: {exc}",
+                                     "fix the YAML syntax at the line shown")]) from exc
     r = _Reader(path.resolve(), env)
     suite = _read(r, raw, path, manifests_root)
     if r.problems or suite is None:
