@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true", help="list the images that would be removed")
 
     c = sub.add_parser("clean", help="remove the image tags of one run")
-    c.add_argument("--run-id", required=True)
+    c.add_argument("--run-id", required=True, help="the run id (the part of the tag after SUITE-)")
+    c.add_argument("--suite", "--consumer", dest="consumer",
+                   help="the suite name (the tag's first part): exact even when names and ids share '-' parts")
 
     u = sub.add_parser("up", help="bring a suite up: builds, cluster, loads, deploys (one dependency graph)")
     u.add_argument("suite", type=Path, help="suite directory or suite.yaml (e.g. suites/datastorage)")
@@ -135,7 +137,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    result = remove_run_images(get_engine(args.engine), args.run_id)
+    result = remove_run_images(get_engine(args.engine), args.run_id, args.consumer)
     for ref in result.removed:
         print(f"removed {ref}")
     for ref in result.failed:

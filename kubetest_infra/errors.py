@@ -5,7 +5,10 @@ Every error says what happened and carries a ``Hint:`` line saying what to do ne
     KtiError
     ├── ConfigError            bad input from the user (spec, option, environment variable)
     │   ├── TagError           an image reference or tag that breaks DD-TEST-001 or Docker's grammar
-    │   └── ContextError       a build context or Dockerfile that cannot be used
+    │   ├── ContextError       a build context or Dockerfile that cannot be used
+    │   └── InputError         one or more :class:`Problem` values (file, field, message, hint), all at once
+    │       ├── SuiteError         suite.yaml (kubetest_infra.suite)
+    │       └── PreflightError     what is knowable before anything starts (kubetest_infra.preflight)
     ├── CommandError           a subprocess failed (argv, return code, redacted output)
     ├── EngineError            the container engine
     │   ├── UnknownEngineError     a name that is neither docker nor podman
@@ -17,8 +20,9 @@ Every error says what happened and carries a ``Hint:`` line saying what to do ne
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from kubetest_infra.build import BuiltImage
@@ -48,6 +52,48 @@ class TagError(ConfigError):
 
 class ContextError(ConfigError):
     """A build context or Dockerfile that cannot be used."""
+
+
+_E = TypeVar("_E", bound="InputError")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad input: the file the user wrote, the field in it (may be empty), what is wrong, what to do."""
+
+    file: str
+    field: str
+    message: str
+    hint: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.field}: {self.message}" if self.field else f"{self.file}: {self.message}"
+
+
+class InputError(ConfigError):
+    """Bad input found by reading files: every :class:`Problem` at once, each with its own hint.
+
+    One problem reads ``FILE: FIELD: MESSAGE`` + ``Hint: HINT``; several are listed one per line,
+    each followed by its hint.
+    """
+
+    def __init__(self, message: str, hint: str = "", problems: Iterable[Problem] = ()) -> None:
+        self.problems = tuple(problems)
+        super().__init__(message, hint)
+
+    @classmethod
+    def of(cls: type[_E], problems: Sequence[Problem], what: str = "problems") -> _E:
+        """One exception of this class for ``problems`` (at least one)."""
+        if not problems:
+            raise ValueError("no problems")
+        if len(problems) == 1:
+            return cls(str(problems[0]), problems[0].hint, problems)
+        lines = [f"{len(problems)} {what}; nothing was started:"]
+        for p in problems:
+            lines.append(f"  - {p}")
+            lines.append(f"    Hint: {p.hint}")
+        return cls("\n".join(lines), "fix each problem above (each has its own hint); docs/suites.md describes "
+                   "every suite.yaml field", problems)
 
 
 class CommandError(KtiError):

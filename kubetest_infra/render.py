@@ -10,6 +10,11 @@ Image references reach manifests three ways:
 - **JSON paths** — for custom resources, ``ImagePath(kind="Agent", path="spec.image", image="agent")``
   sets a field (``a.b[0].c``, ``[*]`` for every element).
 
+Manifests are read strictly: a key written twice, ``metadata.generateName`` (server-side apply needs a
+fixed name) and a directory without any ``.yaml``/``.yml`` file are errors. :func:`referenced_images`
+tells, from the parsed objects (so never from a comment), which images a service needs loaded;
+:func:`namespace_problems` refuses objects aimed at a namespace other than the suite's.
+
 Then, before anything is applied, the drift guard refuses (all problems reported at once):
 a local reference (``localhost/…`` or the run's registry) that this run did not build — naming the
 reference that was built for that repository; ``latest`` or untagged references; a placeholder naming
@@ -29,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from kubetest_infra import yamlio
 from kubetest_infra.errors import ConfigError, TagError
 from kubetest_infra.tags import parse_ref, require_pinned
 
@@ -45,6 +51,13 @@ _POD_SPEC_PATHS: Mapping[str, tuple[str, ...]] = {
     "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
 }
 _CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+# Kinds the API server serves without a namespace: metadata.namespace means nothing on them.
+CLUSTER_SCOPED = frozenset({
+    "Namespace", "Node", "PersistentVolume", "StorageClass", "PriorityClass", "RuntimeClass", "IngressClass",
+    "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "APIService", "CSIDriver", "CSINode",
+    "VolumeAttachment", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "FlowSchema",
+    "PriorityLevelConfiguration", "CertificateSigningRequest", "VolumeSnapshotClass"})
 
 Obj = dict[str, Any]
 
@@ -125,7 +138,11 @@ def load_manifests(paths: Iterable[Path]) -> tuple[list[Obj], list[Source]]:
         except OSError as exc:
             raise ManifestError(f"cannot read manifest {path}: {exc.strerror}", hint="check the path") from exc
         try:
-            docs = list(yaml.safe_load_all(text))
+            docs = yamlio.load_all(text)
+        except yamlio.DuplicateKeyError as exc:
+            raise ManifestError(f"{path} (document {exc.document + 1}): {exc.path} is written twice "
+                                f"(lines {exc.first_line} and {exc.second_line})",
+                                hint="YAML would silently keep only the second one: remove or rename one") from exc
         except yaml.YAMLError as exc:
             index = text[: _error_offset(exc, text)].count("\n---")
             raise ManifestError(f"malformed YAML in {path} (document {index + 1}): {exc}",
@@ -150,7 +167,12 @@ def _expand(paths: Iterable[Path]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()))
+            found = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+            if not found:
+                raise ManifestError(f"manifest directory {path} holds no .yaml or .yml file",
+                                    hint="a service with nothing to apply would be 'ready' at once; put its "
+                                    "manifests there or fix the path in the suite file")
+            out.extend(found)
         elif path.exists():
             out.append(path)
         else:
@@ -173,9 +195,18 @@ def _check_object(doc: object, src: Source) -> None:
         if not isinstance(doc.get(key), str) or not doc.get(key):
             raise ManifestError(f"{src}: missing {key}", hint="every object needs apiVersion, kind and metadata.name")
     meta = doc.get("metadata")
-    if not isinstance(meta, dict) or not (meta.get("name") or meta.get("generateName")):
+    if isinstance(meta, dict) and meta.get("generateName") and not meta.get("name"):
+        raise ManifestError(f"{src}: {doc['kind']} uses metadata.generateName={meta['generateName']!r}; "
+                            "server-side apply needs a fixed name (and a generated one could never be found, "
+                            "waited for or removed)",
+                            hint=f"replace generateName with a fixed metadata.name, e.g. name: "
+                            f"{str(meta['generateName']).rstrip('-') or 'NAME'}")
+    if not isinstance(meta, dict) or not meta.get("name"):
         raise ManifestError(f"{src}: {doc['kind']} without metadata.name",
                             hint="every object needs apiVersion, kind and metadata.name")
+    if not isinstance(meta["name"], str):
+        raise ManifestError(f"{src}: {doc['kind']} metadata.name is {meta['name']!r}, not a string",
+                            hint="quote the name")
 
 
 def render(
@@ -188,13 +219,22 @@ def render(
     local_registries: Iterable[str] = ("localhost",),
     allowed_refs: Iterable[str] = (),
     image_ids: Mapping[str, str] | None = None,
+    namespace: str | None = None,
 ) -> Rendered:
     """Substitute this run's references (``images``: name → ref) and refuse any drift.
+
+    With ``namespace`` (the suite's), an object aimed at another namespace is refused first
+    (:class:`ManifestError`, see :func:`namespace_problems`).
 
     ``allowed_refs`` are further local references this run loaded (e.g. locally built external images).
     ``image_ids`` (ref → image id) stamps pod templates with an annotation over the ids they run, so a
     rebuilt image behind an unchanged reference still rolls the workload out.
     """
+    if namespace is not None:
+        wrong = namespace_problems(objects, sources, namespace)
+        if wrong:
+            raise ManifestError("objects outside the suite's namespace; nothing was applied:\n"
+                                + "\n".join(f"  - {p}" for p in wrong), hint=wrong[0].hint)
     registries = {r.strip("/") for r in local_registries}
     ours = set(images.values()) | set(allowed_refs)
     by_repo = {parse_ref(ref).repository: ref for ref in images.values()}
@@ -241,6 +281,86 @@ def render(
     unused = tuple(sorted(set(images) - used))
     warnings = tuple(f"built image {n!r} ({images[n]}) is used by no manifest" for n in unused)
     return Rendered(tuple(out), tuple(sources), tuple(subs), unused, warnings)
+
+
+def placeholder_names(objects: Iterable[Obj]) -> set[str]:
+    """Every NAME of a ``${image:NAME}`` in a string value of ``objects`` (YAML comments are not values)."""
+    names: set[str] = set()
+    for obj in objects:
+        for text in _strings(obj):
+            names.update(m.group(1) for m in _ANY_PLACEHOLDER.finditer(text))
+    return names
+
+
+def referenced_images(objects: Iterable[Obj], images: Mapping[str, str], *, match_container_names: bool = True,
+                      image_paths: Sequence[ImagePath] = ()) -> set[str]:
+    """The names of ``images`` (name → the reference the run will produce) these objects will use.
+
+    Computed from the parsed objects with the rules :func:`render` substitutes by: ``${image:NAME}`` in
+    any string value, a container named like an image whose ``image`` is empty or an untagged form of
+    its repository, and ``image_paths``. A service's deploy must wait for the load of each of them.
+    """
+    objects = list(objects)
+    used = placeholder_names(objects) & set(images)
+    for obj in objects:
+        if match_container_names:
+            for _, container in _containers(obj):
+                name = container.get("name", "")
+                if name in images and _matches_untagged(container.get("image"), name, images[name]):
+                    used.add(name)
+        for ip in image_paths:
+            if (obj.get("kind") == ip.kind and ip.image in images
+                    and (ip.api_version is None or obj.get("apiVersion") == ip.api_version)
+                    and _get_path(obj, ip.path)):
+                used.add(ip.image)
+    return used
+
+
+@dataclass(frozen=True)
+class NamespaceProblem:
+    source: Source
+    message: str
+    hint: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def namespace_problems(objects: Sequence[Obj], sources: Sequence[Source], namespace: str) -> list[NamespaceProblem]:
+    """Objects that would land outside the suite's ``namespace`` (or create another namespace).
+
+    The run waits for, and removes, what is in its namespace only: an object elsewhere is never seen
+    ready and outlives the run.
+    """
+    problems: list[NamespaceProblem] = []
+    for obj, src in zip(objects, sources, strict=True):
+        kind = str(obj.get("kind"))
+        meta = obj.get("metadata") or {}
+        label = f"{src}: {kind}/{meta.get('name')}"
+        if kind == "Namespace" and meta.get("name") != namespace:
+            problems.append(NamespaceProblem(
+                src, f"{label} creates namespace {meta.get('name')!r}, but the suite deploys into {namespace!r} "
+                "and would never remove another namespace",
+                f"remove the Namespace object (the run creates and removes {namespace} itself), or make "
+                f"{meta.get('name')} the suite's namespace (namespace: in the suite file)"))
+        elif kind not in CLUSTER_SCOPED and meta.get("namespace") not in (None, "", namespace):
+            problems.append(NamespaceProblem(
+                src, f"{label} sets metadata.namespace {meta.get('namespace')!r}, but the suite's namespace is "
+                f"{namespace!r}",
+                f"remove metadata.namespace from the object (it then goes to {namespace}), or make "
+                f"{meta.get('namespace')} the suite's namespace (namespace: in the suite file)"))
+    return problems
+
+
+def _strings(node: Any) -> Iterable[str]:
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
 
 
 def _annotate_template(obj: Obj, key: str, value: str) -> None:

@@ -4,7 +4,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from kubetest_infra.cleanup import last_used, parse_age, parse_time, run_refs
+from kubetest_infra.build import LABEL_CONSUMER
+from kubetest_infra.cleanup import AmbiguousRunError, last_used, parse_age, parse_time, run_refs
 from kubetest_infra.engine import ImageInfo
 from kubetest_infra.errors import ConfigError
 
@@ -26,14 +27,40 @@ def test_parse_time_nanoseconds_and_zero() -> None:
     assert parse_time("2026-11-22T03:40:00+02:00") == datetime(2026, 11, 22, 1, 40, tzinfo=timezone.utc)
 
 
-def image(tags: tuple[str, ...], created: str = "", tagged: str = "") -> ImageInfo:
-    return ImageInfo(id="sha256:1", repo_tags=tags, labels={}, created=created, size=0, last_tag_time=tagged)
+def image(tags: tuple[str, ...], created: str = "", tagged: str = "", consumer: str | None = None) -> ImageInfo:
+    labels = {LABEL_CONSUMER: consumer} if consumer else {}
+    return ImageInfo(id="sha256:1", repo_tags=tags, labels=labels, created=created, size=0, last_tag_time=tagged)
 
 
 def test_run_refs_only_take_this_runs_tags() -> None:
-    imgs = [image(("localhost/a:suite-run1", "localhost/a:suite-run2")), image(("localhost/b:x-run1",))]
+    imgs = [image(("localhost/a:suite-run1", "localhost/a:suite-run2"), consumer="suite"),
+            image(("localhost/b:x-run1",), consumer="x")]
     assert run_refs(imgs, "run1") == ["localhost/a:suite-run1", "localhost/b:x-run1"]
     assert run_refs(imgs, "run") == []
+    assert run_refs(imgs, "run1", consumer="x") == ["localhost/b:x-run1"]
+
+
+def test_run_1_does_not_take_run_build_1() -> None:
+    """The old suffix match took `ds-build-1` for run `1`."""
+    imgs = [image(("localhost/a:ds-build-1", "localhost/a:ds-1"), consumer="ds")]
+    assert run_refs(imgs, "1") == ["localhost/a:ds-1"]
+    assert run_refs(imgs, "build-1") == ["localhost/a:ds-build-1"]
+    assert run_refs(imgs, "1", consumer="ds") == ["localhost/a:ds-1"]
+
+
+def test_a_tag_with_two_readings_is_refused_unless_the_suite_is_named() -> None:
+    imgs = [image(("localhost/a:ds-build-1",), consumer="ds"), image(("localhost/b:ds-build-2",), consumer="ds-build")]
+    with pytest.raises(AmbiguousRunError, match="--suite") as info:
+        run_refs(imgs, "1")
+    assert "suite ds-build run 1 or suite ds run build-1" in str(info.value) or \
+        "suite ds run build-1 or suite ds-build run 1" in str(info.value)
+    assert run_refs(imgs, "1", consumer="ds-build") == ["localhost/a:ds-build-1"]
+    assert run_refs(imgs, "build-1", consumer="ds") == ["localhost/a:ds-build-1"]
+
+
+def test_tags_of_a_consumer_no_label_names_are_left() -> None:
+    """Without a label naming the consumer, nothing says where the run id starts: keep the tag."""
+    assert run_refs([image(("localhost/a:other-1",))], "1") == []
 
 
 def test_last_used_takes_the_later_of_created_and_tagged() -> None:

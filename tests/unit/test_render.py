@@ -4,7 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from kubetest_infra.render import DriftError, ImagePath, ManifestError, load_manifests, render
+from kubetest_infra.render import (
+    DriftError,
+    ImagePath,
+    ManifestError,
+    load_manifests,
+    namespace_problems,
+    placeholder_names,
+    referenced_images,
+    render,
+)
 
 DS = "localhost/datastorage:gateway-0123456789ab"
 MIG = "localhost/migrations:gateway-0123456789ab"
@@ -157,3 +166,85 @@ def test_image_ids_annotation_rolls_out_a_rebuilt_image_behind_the_same_ref(tmp_
     pobjs, psrcs = load(tmp_path, pod, "pod.yaml")
     out = render(pobjs, psrcs, images, image_ids={DS: "sha256:" + "c" * 64})
     assert "kubetest-infra.io/image-ids" in out.objects[0]["metadata"]["annotations"]
+
+
+def test_referenced_images_come_from_values_and_container_names_never_comments(tmp_path: Path) -> None:
+    text = DEPLOY.replace("      containers:\n", "      # old: ${image:gone}\n      containers:\n") + """
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  containers:
+  - {name: worker, image: worker}
+  - {name: other, image: "busybox:1.36"}
+"""
+    objs, _ = load(tmp_path, text)
+    images = {"datastorage": DS, "migrations": MIG, "worker": "localhost/worker:gateway-0123456789ab",
+              "unused": "localhost/unused:gateway-0123456789ab"}
+    assert placeholder_names(objs) == {"datastorage", "migrations"}
+    assert referenced_images(objs, images) == {"datastorage", "migrations", "worker"}
+    assert referenced_images(objs, images, match_container_names=False) == {"datastorage", "migrations"}
+    assert referenced_images(objs, {"datastorage": DS}) == {"datastorage"}, "only declared images"
+
+
+def test_referenced_images_agree_with_what_render_substitutes(tmp_path: Path) -> None:
+    text = DEPLOY + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: worker}]\n"
+    objs, srcs = load(tmp_path, text)
+    images = {"datastorage": DS, "migrations": MIG, "worker": "localhost/worker:gateway-0123456789ab"}
+    out = render(objs, srcs, images)
+    assert referenced_images(objs, images) == {s.image for s in out.substitutions}
+
+
+def test_image_paths_count_as_references(tmp_path: Path) -> None:
+    objs, _ = load(tmp_path, "apiVersion: example.com/v1\nkind: Agent\nmetadata: {name: a}\nspec: {image: x}\n")
+    assert referenced_images(objs, {"agent": DS}, image_paths=[ImagePath("Agent", "spec.image", "agent")]) == {"agent"}
+    assert referenced_images(objs, {"agent": DS}, image_paths=[ImagePath("Agent", "spec.nope", "agent")]) == set()
+
+
+def test_generate_name_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "g.yaml").write_text("apiVersion: batch/v1\nkind: Job\nmetadata: {generateName: migrate-}\n")
+    with pytest.raises(ManifestError, match="generateName") as info:
+        load_manifests([tmp_path / "g.yaml"])
+    assert "name: migrate" in info.value.hint
+
+
+def test_an_empty_directory_and_duplicate_keys_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README.md").write_text("nothing to apply\n")
+    with pytest.raises(ManifestError, match=r"holds no \.yaml"):
+        load_manifests([tmp_path / "empty"])
+    (tmp_path / "d.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: 1, k: 2}\n")
+    with pytest.raises(ManifestError, match=r"data.k is written twice \(lines 4 and 4\)"):
+        load_manifests([tmp_path / "d.yaml"])
+
+
+def test_namespace_problems(tmp_path: Path) -> None:
+    text = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: same, namespace: suite}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: other, namespace: elsewhere}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: cluster-scoped, namespace: ignored}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: suite}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: extra}
+"""
+    objs, srcs = load(tmp_path, text)
+    problems = namespace_problems(objs, srcs, "suite")
+    assert [str(p).split(": ", 1)[1].split(" ")[0] for p in problems] == ["ConfigMap/other", "Namespace/extra"]
+    assert all("suite" in p.hint for p in problems)
+    with pytest.raises(ManifestError, match="elsewhere"):
+        render(objs, srcs, {}, namespace="suite")
+    render(objs[:1], srcs[:1], {}, namespace="suite")

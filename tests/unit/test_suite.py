@@ -80,3 +80,47 @@ def test_env_expansion() -> None:
 def test_missing_suite_file(tmp_path: Path) -> None:
     with pytest.raises(SuiteError, match="not found"):
         load_suite(tmp_path / "nope")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("30", 30.0), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0),
+                                               ("1m30s", 90.0), ("500ms", 0.5), ("2.5", 2.5)])
+def test_timeouts_take_seconds_or_units(tmp_path: Path, text: str, seconds: float) -> None:
+    body = BASE.replace("depends_on: [a],", f"depends_on: [a], timeout: '{text}',")
+    suite = load_suite(write(tmp_path, body), env={})
+    assert suite.services["b"].timeout == seconds
+
+
+def test_plain_numbers_and_env_in_timeouts(tmp_path: Path) -> None:
+    suite = load_suite(write(tmp_path, BASE.replace("depends_on: [a],", "depends_on: [a], timeout: 90,")), env={})
+    assert suite.services["b"].timeout == 90.0
+    body = BASE.replace("depends_on: [a],", "depends_on: [a], timeout: '${env:T:-2m}',")
+    assert load_suite(write(tmp_path, body), env={}).services["b"].timeout == 120.0
+    assert load_suite(write(tmp_path, body), env={"T": "45s"}).services["b"].timeout == 45.0
+
+
+def test_port_defaults_protocol_case_and_mounts(tmp_path: Path) -> None:
+    body = BASE.replace("host_port: 38080}]", "host_port: 38080}, {container_port: 30053, host_port: 38053, "
+                                              "protocol: udp, listen_address: 0.0.0.0}], "
+                                              "mounts: [{host_path: ../../ctx, container_path: /data, "
+                                              "read_only: true}]")
+    suite = load_suite(write(tmp_path, body), env={})
+    first, second = suite.cluster.port_mappings
+    assert (first.listen_address, first.protocol) == ("127.0.0.1", "TCP")
+    assert (second.listen_address, second.protocol) == ("0.0.0.0", "UDP")
+    mount = suite.cluster.mounts[0]
+    assert mount.host_path == str((tmp_path / "ctx").resolve()), "host paths are relative to the suite file"
+    assert mount.read_only is True
+
+
+def test_an_explicit_namespace_lets_the_name_keep_its_underscore(tmp_path: Path) -> None:
+    suite = load_suite(write(tmp_path, BASE.replace("name: s\n", "name: my_suite\nnamespace: my-suite\n")), env={})
+    assert (suite.name, suite.namespace) == ("my_suite", "my-suite")
+
+
+def test_problems_are_values_naming_file_and_field(tmp_path: Path) -> None:
+    body = BASE.replace("path: /readyz", "path: readyz").replace("host_port: 38080}", "host_port: 38080, protocol: x}")
+    with pytest.raises(SuiteError) as info:
+        load_suite(write(tmp_path, body), env={})
+    fields = sorted(p.field for p in info.value.problems)
+    assert fields == ["cluster.ports[0].protocol", "services.b.ready.http.path"]
+    assert all(p.file.endswith("suite.yaml") and p.hint for p in info.value.problems)
