@@ -147,10 +147,12 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from kubetest_infra.console import Progress, timing_table
+    from kubetest_infra.preflight import check_suite
     from kubetest_infra.session import Session
     from kubetest_infra.suite import load_suite
 
     suite = load_suite(args.suite)
+    check_suite(suite, args.run_id)  # static problems before the engine, a lock or a --no-reuse removal
     session = Session(suite, get_engine(args.engine), command="kti up")
     progress = Progress(sys.stderr, title=f"kti up {suite.name}")
     with progress:

@@ -30,6 +30,7 @@ from typing import Any
 
 from kubernetes import client
 
+from kubetest_infra import preflight as pre
 from kubetest_infra.apply import Applier
 from kubetest_infra.build import LABEL_DIGEST, Builder, BuildSpec, BuiltImage
 from kubetest_infra.cluster import Cluster, KindClusters
@@ -42,25 +43,17 @@ from kubetest_infra.kube import api_client
 from kubetest_infra.kubewatch import Informer
 from kubetest_infra.load import Loader
 from kubetest_infra.probes import ServiceCheckError, wait_http, wait_tcp
-from kubetest_infra.render import PLACEHOLDER, load_manifests, render
+from kubetest_infra.render import load_manifests, render
 from kubetest_infra.state import Environment, Item, Ledger, Owner
 from kubetest_infra.suite import Service, Suite
-from kubetest_infra.tags import image_ref
 from kubetest_infra.teardown import remove_items
 from kubetest_infra.wait import Target, Waiter, WaitPolicy, current_pods
 from kubetest_infra.workloads import WORKLOADS, is_waitable, selector_matches
 
-__all__ = ["Environment", "Orchestrator", "ServiceCheckError", "referenced_images"]
+__all__ = ["Environment", "Orchestrator", "ServiceCheckError"]
 
 EXPORT_LOGS_ENV = "KTI_KIND_EXPORT_LOGS"  # "1": diagnostics bundles include `kind export logs`
 HANDOVER_TIMEOUT = 30.0
-
-
-def referenced_images(service: Service) -> set[str]:
-    names: set[str] = set()
-    for path in service.manifests:
-        names.update(PLACEHOLDER.findall(path.read_text()))
-    return names
 
 
 class Orchestrator:
@@ -91,28 +84,20 @@ class Orchestrator:
         self._api: Any = None
         self._applier_obj: Applier | None = None
         self._informer: Informer | None = None
+        self._plan: pre.Plan | None = None
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
 
     # -- planning --------------------------------------------------------------------------
     def planned_refs(self) -> dict[str, str]:
-        refs = {n: image_ref(n, self.suite.name, self.run_id) for n in self.suite.images}
-        for name, ext in self.suite.external_images.items():
-            refs[name] = ext.ref
-        return refs
+        return pre.planned_refs(self.suite, self.run_id)
 
-    def preflight(self) -> None:
-        """Render every manifest with the planned references; refuse drift before anything runs."""
-        planned = self.planned_refs()
-        local_planned = {n: image_ref(n, self.suite.name, self.run_id) for n in self.suite.external_images}
-        for svc in self.suite.services.values():
-            unknown = referenced_images(svc) - set(planned)
-            if unknown:
-                raise ConfigError(f"service {svc.name}: manifests use ${{image:...}} for unknown image(s) "
-                                  f"{', '.join(sorted(unknown))}",
-                                  hint=f"declare them under images or external_images in {self.suite.path}")
-            objs, srcs = load_manifests(svc.manifests)
-            render(objs, srcs, planned, allowed_refs=local_planned.values())
+    def preflight(self) -> pre.Plan:
+        """Everything knowable without a cluster (see :mod:`.preflight`), the drift guard with the
+        references this run will produce included; every problem at once, before anything starts."""
+        self._plan = pre.check(self.suite, self.planned_refs(),
+                               allowed_refs=pre.local_refs(self.suite, self.run_id).values())
+        return self._plan
 
     def tasks(self) -> list[Task]:
         t: list[Task] = []
@@ -129,7 +114,8 @@ class Orchestrator:
             t.append(Task(f"load:{name}", partial(self._load, f"external:{name}"), (f"external:{name}", "cluster"),
                           kind="load"))
         for svc in self.suite.services.values():
-            deps = ["cluster", "namespace", *(f"load:{n}" for n in sorted(referenced_images(svc))),
+            plan = self._plan or self.preflight()
+            deps = ["cluster", "namespace", *(f"load:{n}" for n in sorted(plan.references[svc.name])),
                     *(f"service:{d}" for d in svc.depends_on)]
             t.append(Task(f"service:{svc.name}", partial(self._service, svc), tuple(deps), kind="service"))
         return t
@@ -260,7 +246,7 @@ class Orchestrator:
         api = self._api_client(cluster)
         objs, srcs = load_manifests(svc.manifests)
         ids = {v.ref: v.image_id for k, v in deps.items() if k.startswith("load:")}
-        rendered = render(objs, srcs, images, image_ids=ids)
+        rendered = render(objs, srcs, images, image_ids=ids, namespace=self.suite.namespace)
         applied = self._applier(cluster).apply(list(rendered.objects), namespace=self.suite.namespace)
         targets = [Target(o["kind"], o["metadata"]["name"], self.suite.namespace)
                    for o in rendered.objects if is_waitable(o)]
@@ -269,7 +255,7 @@ class Orchestrator:
         diag_dir = Path(cluster.kubeconfig).parent / "diagnostics"
         export = partial(self.clusters.export_logs, cluster.name) if os.environ.get(EXPORT_LOGS_ENV) == "1" else None
         informer = self._informer_for(cluster)
-        policy = replace(self.wait_policy, timeout=svc.timeout) if svc.timeout else self.wait_policy
+        policy = service_policy(self.wait_policy, svc)
         waiter = Waiter(api, policy, node_images=self.clusters.node_images, informer=informer,
                         diagnose=lambda ts, why: str(collect(api, ts, why, diag_dir, nodes=cluster.nodes,
                                                              node_images=self.clusters.node_images,
@@ -315,3 +301,10 @@ def service_workloads(service: Service) -> list[tuple[str, str]]:
     """(kind, name) of the workloads a service's manifests define."""
     objs, _ = load_manifests(service.manifests)
     return [(str(o["kind"]), str(o["metadata"]["name"])) for o in objs if str(o.get("kind")) in WORKLOADS]
+
+
+def service_policy(policy: WaitPolicy, svc: Service) -> WaitPolicy:
+    """The run's wait policy with the service's own settings (``timeout``, ``crash_restarts``,
+    ``stable_seconds`` in suite.yaml) on top."""
+    own = {"timeout": svc.timeout, "crash_restarts": svc.crash_restarts, "stable_seconds": svc.stable_seconds}
+    return replace(policy, **{k: v for k, v in own.items() if v is not None})

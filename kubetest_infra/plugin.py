@@ -184,6 +184,7 @@ def _suite_path(config: pytest.Config) -> Path:
 @pytest.fixture(scope="session")
 def kti_env(pytestconfig: pytest.Config, kti_engine: Engine) -> Environment:
     """The suite's environment: brought up (or attached to) by exactly one xdist worker, shared by all."""
+    from kubetest_infra.preflight import check_suite
     from kubetest_infra.session import Session, session_key
     from kubetest_infra.state import Environment, locked
     from kubetest_infra.suite import load_suite
@@ -198,6 +199,11 @@ def kti_env(pytestconfig: pytest.Config, kti_engine: Engine) -> Environment:
             env = Environment.from_json(json.loads(state.read_text())["environment"])
         else:
             suite = load_suite(_suite_path(pytestconfig))
+            try:
+                check_suite(suite, option(pytestconfig, "kti_run_id"))
+            except KtiError as exc:
+                (shared / FAILED).write_text(str(exc))
+                pytest.fail(f"kti_env: {exc}", pytrace=False)
             key = session_key("pytest", pytestconfig.stash[_SESSION_KEY][:16])
             session = Session(suite, kti_engine, key=key, owner=_owner(pytestconfig), command="pytest")
             try:

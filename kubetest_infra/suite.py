@@ -99,6 +99,8 @@ class Service:
     http: HttpCheck | None = None
     tcp_port: int | None = None
     timeout: float | None = None  # seconds
+    crash_restarts: int | None = None  # crashes allowed before failing (None: the run's default, 0)
+    stable_seconds: float | None = None  # probe-less containers must run this long (None: default, 2 s)
 
 
 @dataclass(frozen=True)
@@ -610,7 +612,8 @@ def _service(r: _Reader, name: str, value: Any, root: Path) -> Service:
             suggestion = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-") or "web"
             r.bad(where, f"invalid service name {name!r}",
                   f"a service name is a DNS label: lowercase letters, digits and '-' (e.g. {suggestion})")
-    m = r.mapping(value, where, {"manifests", "depends_on", "ready", "timeout"}, {"manifests"})
+    m = r.mapping(value, where, {"manifests", "depends_on", "ready", "timeout", "crash_restarts", "stable_seconds"},
+                  {"manifests"})
     files: list[Path] = []
     with r.section():
         listed = r.strings(m["manifests"], f"{where}.manifests")
@@ -628,9 +631,19 @@ def _service(r: _Reader, name: str, value: Any, root: Path) -> Service:
     timeout = None
     with r.section():
         timeout = r.duration(m["timeout"], f"{where}.timeout") if m.get("timeout") is not None else None
+    crash_restarts, stable = None, None
+    with r.section():
+        if m.get("crash_restarts") is not None:
+            crash_restarts = r.integer(m["crash_restarts"], f"{where}.crash_restarts")
+            if crash_restarts < 0:
+                r.bad(f"{where}.crash_restarts", f"must be 0 or more, not {crash_restarts}",
+                      f"{where}.crash_restarts is how many crashes are tolerated before failing (0: the first fails)")
+    with r.section():
+        if m.get("stable_seconds") is not None:
+            stable = 0.0 if m["stable_seconds"] == 0 else r.duration(m["stable_seconds"], f"{where}.stable_seconds")
     if not r.clean_since(count):
         raise _Bad
-    return Service(name, tuple(files), tuple(depends), http, tcp, timeout)
+    return Service(name, tuple(files), tuple(depends), http, tcp, timeout, crash_restarts, stable)
 
 
 def _manifest_path(r: _Reader, rel: str, where: str, root: Path) -> Path:
