@@ -306,5 +306,10 @@ def service_workloads(service: Service) -> list[tuple[str, str]]:
 def service_policy(policy: WaitPolicy, svc: Service) -> WaitPolicy:
     """The run's wait policy with the service's own settings (``timeout``, ``crash_restarts``,
     ``stable_seconds`` in suite.yaml) on top."""
-    own = {"timeout": svc.timeout, "crash_restarts": svc.crash_restarts, "stable_seconds": svc.stable_seconds}
-    return replace(policy, **{k: v for k, v in own.items() if v is not None})
+    if svc.timeout is not None:
+        policy = replace(policy, timeout=svc.timeout)
+    if svc.crash_restarts is not None:
+        policy = replace(policy, crash_restarts=svc.crash_restarts)
+    if svc.stable_seconds is not None:
+        policy = replace(policy, stable_seconds=svc.stable_seconds)
+    return policy
