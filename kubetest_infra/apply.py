@@ -20,6 +20,7 @@ from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, Resour
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from kubetest_infra.errors import ConfigError, KtiError
+from kubetest_infra.workloads import WORKLOADS
 
 Obj = dict[str, Any]
 
@@ -30,7 +31,7 @@ _RANKS: dict[str, int] = {
     "PersistentVolumeClaim": 3, "ConfigMap": 3, "Secret": 3, "ServiceAccount": 3,
     "ClusterRole": 4, "ClusterRoleBinding": 4, "Role": 4, "RoleBinding": 4,
     "Service": 5,
-    "Deployment": 6, "StatefulSet": 6, "DaemonSet": 6, "ReplicaSet": 6, "Job": 6, "CronJob": 6, "Pod": 6,
+    **dict.fromkeys(WORKLOADS, 6),
     "MutatingWebhookConfiguration": 9, "ValidatingWebhookConfiguration": 9,
 }
 _OTHER_RANK = 7

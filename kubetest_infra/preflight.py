@@ -46,9 +46,9 @@ from kubetest_infra.render import (
     referenced_images,
     render,
 )
-from kubetest_infra.render import _containers as containers
 from kubetest_infra.suite import ImageBuild, Service, Suite
 from kubetest_infra.tags import DEFAULT_REGISTRY, RUN_ID_ENV, image_ref, parse_ref
+from kubetest_infra.workloads import containers
 
 UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
 PREFLIGHT_RUN_ID = "preflight"  # stands in for a run id chosen later

@@ -37,20 +37,11 @@ import yaml
 from kubetest_infra import yamlio
 from kubetest_infra.errors import ConfigError, TagError
 from kubetest_infra.tags import parse_ref, require_pinned
+from kubetest_infra.workloads import containers, template_metadata
 
 IMAGE_IDS_ANNOTATION = "kubetest-infra.io/image-ids"
 PLACEHOLDER = re.compile(r"\$\{image:([a-z0-9][a-z0-9._/-]*)\}")
 _ANY_PLACEHOLDER = re.compile(r"\$\{image:([^}]*)\}")
-_POD_SPEC_PATHS: Mapping[str, tuple[str, ...]] = {
-    "Pod": ("spec",),
-    "Deployment": ("spec", "template", "spec"),
-    "StatefulSet": ("spec", "template", "spec"),
-    "DaemonSet": ("spec", "template", "spec"),
-    "ReplicaSet": ("spec", "template", "spec"),
-    "Job": ("spec", "template", "spec"),
-    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
-}
-_CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 # Kinds the API server serves without a namespace: metadata.namespace means nothing on them.
 CLUSTER_SCOPED = frozenset({
     "Namespace", "Node", "PersistentVolume", "StorageClass", "PriorityClass", "RuntimeClass", "IngressClass",
@@ -250,7 +241,7 @@ def render(
             if obj.get("kind") == ip.kind and (ip.api_version is None or obj.get("apiVersion") == ip.api_version):
                 _set_path(obj, ip, walk)
         used_ids: list[str] = []
-        for where, container in _containers(obj):
+        for where, container in containers(obj):
             name = container.get("name", "")
             image = container.get("image")
             if match_container_names and name in images and _matches_untagged(image, name, images[name]):
@@ -304,7 +295,7 @@ def referenced_images(objects: Iterable[Obj], images: Mapping[str, str], *, matc
     used = placeholder_names(objects) & set(images)
     for obj in objects:
         if match_container_names:
-            for _, container in _containers(obj):
+            for _, container in containers(obj):
                 name = container.get("name", "")
                 if name in images and _matches_untagged(container.get("image"), name, images[name]):
                     used.add(name)
@@ -364,12 +355,9 @@ def _strings(node: Any) -> Iterable[str]:
 
 
 def _annotate_template(obj: Obj, key: str, value: str) -> None:
-    path = _POD_SPEC_PATHS.get(str(obj.get("kind")), ())[:-1]  # the pod template, not its spec
-    node: Any = obj
-    for part in path:
-        node = node.setdefault(part, {}) if isinstance(node, dict) else None
-    if isinstance(node, dict):
-        node.setdefault("metadata", {}).setdefault("annotations", {})[key] = value
+    meta = template_metadata(obj)  # the pod template's, not the workload's
+    if meta is not None:
+        meta.setdefault("annotations", {})[key] = value
 
 
 def _guard(image: str, where: str, registries: set[str], ours: set[str], by_repo: Mapping[str, str]) -> list[str]:
@@ -420,23 +408,6 @@ def _substitute_strings(node: Any, walk: _Walk, path: str) -> Any:
 
         return _ANY_PLACEHOLDER.sub(repl, node)
     return node
-
-
-def _containers(obj: Obj) -> list[tuple[str, dict[str, Any]]]:
-    path = _POD_SPEC_PATHS.get(str(obj.get("kind")))
-    if path is None:
-        return []
-    spec: Any = obj
-    for key in path:
-        spec = spec.get(key) if isinstance(spec, dict) else None
-    if not isinstance(spec, dict):
-        return []
-    found: list[tuple[str, dict[str, Any]]] = []
-    for list_name in _CONTAINER_LISTS:
-        for i, c in enumerate(spec.get(list_name) or []):
-            if isinstance(c, dict):
-                found.append((".".join(path) + f".{list_name}[{i}]", c))
-    return found
 
 
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+|\*)\]")

@@ -463,7 +463,7 @@ class Waiter:
 
     def _judge(self, target: Target, obj: Obj, pods: Sequence[Obj], rsets: Sequence[Obj],
                now: float) -> tuple[bool, str, float | None] | PodStartError:
-        if target.kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet") and \
+        if WORKLOADS[target.kind].rolls_out and \
                 (obj.get("status") or {}).get("observedGeneration", 0) < _meta(obj).get("generation", 0):
             return False, f"waiting for the controller to observe generation {_meta(obj).get('generation')}", None
         mine = current_pods(target.kind, obj, pods, rsets)

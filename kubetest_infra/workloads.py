@@ -37,6 +37,7 @@ class WorkloadKind:
     lister: str  # list_namespaced_* method of that client
     pod_spec_path: tuple[str, ...]
     waitable: bool = True
+    rolls_out: bool = False  # a controller replaces pods on template changes (status.observedGeneration)
 
     @property
     def template_path(self) -> tuple[str, ...]:
@@ -46,13 +47,13 @@ class WorkloadKind:
 
 WORKLOADS: Mapping[str, WorkloadKind] = {w.kind: w for w in (
     WorkloadKind("Deployment", "AppsV1Api", "read_namespaced_deployment", "list_namespaced_deployment",
-                 ("spec", "template", "spec")),
+                 ("spec", "template", "spec"), rolls_out=True),
     WorkloadKind("StatefulSet", "AppsV1Api", "read_namespaced_stateful_set", "list_namespaced_stateful_set",
-                 ("spec", "template", "spec")),
+                 ("spec", "template", "spec"), rolls_out=True),
     WorkloadKind("DaemonSet", "AppsV1Api", "read_namespaced_daemon_set", "list_namespaced_daemon_set",
-                 ("spec", "template", "spec")),
+                 ("spec", "template", "spec"), rolls_out=True),
     WorkloadKind("ReplicaSet", "AppsV1Api", "read_namespaced_replica_set", "list_namespaced_replica_set",
-                 ("spec", "template", "spec")),
+                 ("spec", "template", "spec"), rolls_out=True),
     WorkloadKind("Job", "BatchV1Api", "read_namespaced_job", "list_namespaced_job", ("spec", "template", "spec")),
     WorkloadKind("Pod", "CoreV1Api", "read_namespaced_pod", "list_namespaced_pod", ("spec",)),
     WorkloadKind("CronJob", "BatchV1Api", "read_namespaced_cron_job", "list_namespaced_cron_job",
@@ -80,6 +81,23 @@ def pod_spec(obj: Mapping[str, Any]) -> dict[str, Any] | None:
     for key in w.pod_spec_path:
         node = node.get(key) if isinstance(node, dict) else None
     return node if isinstance(node, dict) else None
+
+
+CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+
+
+def containers(obj: Obj) -> list[tuple[str, dict[str, Any]]]:
+    """Every container of a workload object with the path it sits at (``spec.template.spec.containers[0]``)."""
+    w = WORKLOADS.get(str(obj.get("kind")))
+    spec = pod_spec(obj)
+    if w is None or spec is None:
+        return []
+    found: list[tuple[str, dict[str, Any]]] = []
+    for list_name in CONTAINER_LISTS:
+        for i, c in enumerate(spec.get(list_name) or []):
+            if isinstance(c, dict):
+                found.append((".".join(w.pod_spec_path) + f".{list_name}[{i}]", c))
+    return found
 
 
 def template_metadata(obj: Obj) -> dict[str, Any] | None:
