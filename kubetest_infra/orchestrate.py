@@ -282,8 +282,8 @@ class Orchestrator:
         dataplane = KindIptables(self.engine.run, cluster.nodes)
         deadline = time.monotonic() + HANDOVER_TIMEOUT
         for t in targets:
-            if t.kind in ("Job", "Pod"):
-                continue
+            if not WORKLOADS[t.kind].rolls_out:
+                continue  # Jobs and bare Pods are not behind a rollout
             with informer.cond:
                 obj = informer.get(t.kind, t.name)
                 pods = informer.items("Pod")

@@ -27,6 +27,7 @@ from kubetest_infra.wait import PodStartError
 from tests.kind.stale_window import rounds, write_suite
 
 pytestmark = [pytest.mark.kind]
+pytest_plugins = ["pytester"]
 CLUSTER = os.environ.get("KTI_SESSIONS_CLUSTER", "kti-sessions")
 PORT = int(os.environ.get("KTI_SESSIONS_HOSTPORT", "38096"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,4 +208,87 @@ def test_a_container_that_exits_at_start_fails_every_time_within_seconds(
         assert f"crash-marker-{i}" in err.logs, err.logs
         seconds.append(err.seconds)
     assert max(seconds) <= 5.0, f"crash reported after {seconds}"
+    Session(load_suite(suite_file), engine, clusters=clusters).down()
+
+
+TWO_IMAGES = """
+name: stale
+namespace: stale
+cluster:
+  name: {cluster}
+  node_image: "{node_image}"
+  ports: [{{container_port: 30096, host_port: {port}}}]
+images:
+  web: {{context: ./web, build_args: {{BASE_IMAGE: "{base}"}}}}
+  other: {{context: ./other, build_args: {{BASE_IMAGE: "{base}"}}}}
+services:
+  web:
+    manifests: [./web.yaml]
+    ready: {{http: {{port: {port}, path: /index.html}}}}
+  other:
+    manifests: [./other.yaml]
+"""
+
+SESSION_TEST = """
+import json, os, pathlib
+def test_record(kti_env):
+    out = pathlib.Path(os.environ["KTI_TEST_OUT"])
+    n = len(list(out.glob("session-*.json")))
+    (out / f"session-{n}.json").write_text(json.dumps(kti_env.to_json()))
+"""
+
+
+def test_warm_pytest_sessions_rebuild_and_roll_out_only_what_changed(
+        world: tuple[Path, KindClusters], engine: Engine, pytester: pytest.Pytester,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9: a pytest session on a kept environment attaches; one changed service is the only one rebuilt,
+    reloaded and rolled out; five more sessions with nothing changed leave tags and rollouts alone."""
+    import json
+
+    from kubernetes import client
+
+    from kubetest_infra.kube import api_client
+
+    suite_file, clusters = world
+    root = suite_file.parent
+    (root / "other").mkdir()
+    (root / "other" / "Dockerfile").write_text((root / "web" / "Dockerfile").read_text())
+    (root / "other" / "index.html").write_text("other\n")
+    (root / "other.yaml").write_text((root / "web.yaml").read_text().split("---")[0]
+                                     .replace("web", "other"))
+    suite_file.write_text(TWO_IMAGES.format(cluster=CLUSTER, node_image=lab_node_image() or "", port=PORT,
+                                            base=os.environ.get("BUSYBOX_IMAGE", "busybox:1.36")))
+    kept = Session(load_suite(suite_file), engine, clusters=clusters, command="kti up").up(keep_env=True)
+    apps = client.AppsV1Api(api_client(kept.kubeconfig))
+
+    def generations() -> dict[str, int]:
+        return {d: apps.read_namespaced_deployment(d, "stale").metadata.generation for d in ("web", "other")}
+
+    out = pytester.mkdir("out")
+    monkeypatch.setenv("KTI_TEST_OUT", str(out))
+    monkeypatch.setenv("KTI_STATE_DIR", str(clusters.state_dir))
+    monkeypatch.delenv("KTI_RUN_ID", raising=False)
+    pytester.makepyfile(test_record=SESSION_TEST)
+    before = generations()
+    (root / "web" / "index.html").write_text("edited\n")
+    pytester.runpytest_subprocess("--kti-suite", str(suite_file), "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    first = json.loads((out / "session-0.json").read_text())
+    assert first["run_id"] == kept.run_id, "the session attached to the kept environment"
+    assert first["reused_images"] == ["other"], "only the changed image was rebuilt"
+    assert first["image_ids"]["other"] == kept.image_ids["other"]
+    assert first["image_ids"]["web"] != kept.image_ids["web"]
+    after = generations()
+    assert after["other"] == before["other"], "the unchanged workload did not roll out"
+    assert after["web"] == before["web"] + 1, "the changed one did"
+    tags = snapshot(engine, clusters)["images"]
+
+    for _ in range(5):
+        pytester.runpytest_subprocess("--kti-suite", str(suite_file), "-p", "no:cacheprovider").assert_outcomes(
+            passed=1)
+    assert generations() == after, "nothing rolled out in five unchanged sessions"
+    assert snapshot(engine, clusters)["images"] == tags, "no tag growth across five warm sessions"
+    sessions = [json.loads(p.read_text()) for p in sorted(out.glob("session-*.json"))]
+    assert len(sessions) == 6
+    assert all(s["reused_images"] == ["other", "web"] for s in sessions[1:])
+    assert CLUSTER in clusters._kind("get", "clusters").split(), "attached sessions leave the kept environment"
     Session(load_suite(suite_file), engine, clusters=clusters).down()
