@@ -4,21 +4,29 @@
 stages may use. The build is *verified*:
 
 1. the input digest (:mod:`kubetest_infra.digest`) is computed before the build and stamped on the
-   image as a label;
+   image as a label; it covers the context, the Dockerfile, the build args *and every external
+   image the build uses* (:mod:`kubetest_infra.buildplan` finds them: each ``FROM`` after ARG
+   substitution, ``COPY --from``, ``RUN --mount=from=``), each resolved to the engine's image id.
+   A base missing from the engine is pulled first (the build would pull it anyway), ``pull=True``
+   pulls every base first; a base that cannot be had raises :class:`BaseImageError`;
 2. if an image with that digest already exists locally (and ``no_cache`` is off) it is retagged with
    this run's tag instead of rebuilt: unchanged sources cost a retag;
 3. after a build the reference is read back from the engine: it must resolve to the image id the
    build produced and carry the digest label computed before the build;
-4. the context is digested again: sources edited while the build ran make the image stale.
+4. the built image must descend from the resolved base of its final stage (its layers start with
+   that base's layers), and the context and the base tags are read again: sources edited, or a base
+   tag moved, while the build ran make the image stale.
 
-A mismatch raises :class:`StaleImageError` (both digests, the files that differ), or triggers one
-automatic ``--no-cache`` rebuild when ``rebuild_on_stale`` is set.
+A mismatch raises :class:`StaleImageError` (both digests, the inputs that differ), or triggers one
+automatic ``--no-cache`` rebuild when ``rebuild_on_stale`` is set. Every build runs under a timeout
+(``build_timeout``, default ``$KTI_BUILD_TIMEOUT`` or 30 minutes): :class:`BuildTimeoutError`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -27,12 +35,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from kubetest_infra.buildplan import BuilderKind, BuildPlan, ImageUse, plan_build, uses_platform_args
 from kubetest_infra.digest import DigestCache, InputDigest, compute_digest
 from kubetest_infra.engine import BuildRequest, Engine
 from kubetest_infra.errors import (
+    BaseImageError,
     BuildError,
+    BuildTimeoutError,
     CommandError,
+    CommandTimeoutError,
     ConfigError,
+    ContextError,
     KtiError,
     MultiBuildError,
     StaleImageError,
@@ -58,6 +71,28 @@ LABEL_CONSUMER = f"{LABEL_PREFIX}.consumer"
 LABEL_REVISION = "org.opencontainers.image.revision"
 LABEL_SOURCE = "org.opencontainers.image.source"
 DEFAULT_PARALLEL = 3
+BUILD_TIMEOUT_ENV = "KTI_BUILD_TIMEOUT"
+DEFAULT_BUILD_TIMEOUT = 1800.0  # 30 min: a cold build of a large image on a slow CI machine
+DEFAULT_PULL_TIMEOUT = 600.0
+_SECONDS = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)?$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+MISSING = "<missing>"  # a base reference that resolves to nothing (only ever seen after a build)
+
+
+def parse_timeout(text: str, source: str) -> float:
+    """``900``, ``90s``, ``30m``, ``2h`` → seconds (> 0); :class:`ConfigError` naming ``source`` otherwise."""
+    match = _SECONDS.match(text.strip())
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"] if match else 0.0
+    if seconds <= 0:
+        raise ConfigError(f"{source}: invalid timeout {text!r}",
+                          hint="give a positive number of seconds, or a number with a unit: 900, 90s, 30m, 2h")
+    return seconds
+
+
+def default_build_timeout(env: Mapping[str, str] | None = None) -> float:
+    """``$KTI_BUILD_TIMEOUT`` (seconds, or with a unit), else :data:`DEFAULT_BUILD_TIMEOUT`."""
+    raw = (os.environ if env is None else env).get(BUILD_TIMEOUT_ENV, "").strip()
+    return parse_timeout(raw, f"${BUILD_TIMEOUT_ENV}") if raw else DEFAULT_BUILD_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -90,6 +125,7 @@ class BuiltImage:
     engine: str
     run_id: str
     rebuilt_after_stale: bool = False
+    base_images: Mapping[str, str] = field(default_factory=dict)  # external ref → image id, in the digest
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,6 +134,7 @@ class BuiltImage:
             "input_digest": self.input_digest,
             "reused": self.reused,
             "build_seconds": round(self.build_seconds, 3),
+            "base_images": dict(self.base_images),
         }
 
 
@@ -106,7 +143,7 @@ class BuildEvent:
     """Progress of one build, for CLIs and logs."""
 
     name: str
-    phase: str  # digest | reuse | build | verify | done | failed
+    phase: str  # pull | digest | reuse | build | verify | done | failed
     message: str
 
 
@@ -128,7 +165,11 @@ class Builder:
         cache_dir: Path | None = None,
         on_event: EventSink | None = None,
         build_timeout: float | None = None,
+        pull: bool = False,
+        pull_timeout: float = DEFAULT_PULL_TIMEOUT,
     ) -> None:
+        """``build_timeout`` bounds each engine build (None: ``$KTI_BUILD_TIMEOUT``, else 30 min);
+        ``pull`` pulls every external image a build uses before digesting it (``kti build --pull``)."""
         self.engine = engine
         self.run_id = validate_run_id(run_id)
         self.consumer = validate_consumer(consumer)
@@ -137,13 +178,56 @@ class Builder:
         self.rebuild_on_stale = rebuild_on_stale
         self.cache_dir = cache_dir
         self.on_event = on_event
-        self.build_timeout = build_timeout
+        if build_timeout is not None and build_timeout <= 0:
+            raise ConfigError(f"build_timeout must be more than 0 s, not {build_timeout}",
+                              hint="give the longest a single build may take, in seconds")
+        self.build_timeout = build_timeout if build_timeout is not None else default_build_timeout()
+        self.pull = pull
+        self.pull_timeout = pull_timeout
 
     # -- public ----------------------------------------------------------------------------
     def ref_for(self, spec: BuildSpec) -> str:
         return image_ref(spec.name, self.consumer, self.run_id, self.registry)
 
-    def digest(self, spec: BuildSpec) -> InputDigest:
+    def plan(self, spec: BuildSpec) -> BuildPlan:
+        """The stages and external images a build of ``spec`` uses, evaluated as this engine's builder does."""
+        path = spec.dockerfile_path()
+        try:
+            text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            raise ContextError(f"cannot read the Dockerfile {path}: {exc.strerror}",
+                               hint="create it, or point dockerfile at the right file (relative to the context)"
+                               ) from exc
+        kind = self._builder_kind()
+        build_platform = target_platform = None
+        if kind == "buildkit" and uses_platform_args(text):
+            build_platform = self.engine.platform()
+            target_platform = spec.platform or build_platform
+        return plan_build(text, spec.build_args, spec.target, builder=kind, build_platform=build_platform,
+                          target_platform=target_platform, source=str(path))
+
+    def resolve_bases(self, name: str, plan: BuildPlan, *, pull: bool) -> dict[str, str]:
+        """``ref → image id`` for every external image of ``plan``; missing ones (all, with ``pull``) pulled.
+
+        Raises :class:`BaseImageError` for an image the engine does not have and cannot pull.
+        """
+        resolved: dict[str, str] = {}
+        for use in self._distinct(plan):
+            info = None if pull else self.engine.inspect_image(use.ref)
+            if info is None:
+                self._pull(name, use, plan, forced=pull)
+                info = self.engine.inspect_image(use.ref)
+            if info is None:
+                raise BaseImageError(use.ref, f"{use.ref} ({use.where(plan.source)}) is still not in the "
+                                     f"{self.engine.name} engine after a successful pull",
+                                     hint="check the name, and whether the pull stored it under another platform")
+            resolved[use.ref] = info.id
+        return resolved
+
+    def digest(self, spec: BuildSpec, bases: Mapping[str, str] | None = None) -> InputDigest:
+        """The input digest of ``spec``; ``bases`` (``ref → id``) defaults to resolving them now."""
+        if bases is None:
+            bases = self.resolve_bases(spec.name, self.plan(spec), pull=self.pull)
         ctx = Path(spec.context)
         cache = DigestCache.for_context(ctx, self.cache_dir) if ctx.is_dir() else None
         return compute_digest(
@@ -154,6 +238,7 @@ class Builder:
             spec.platform,
             buildkit=self.engine.info().buildkit,
             cache=cache,
+            base_images=bases,
         )
 
     def build(self, spec: BuildSpec) -> BuiltImage:
@@ -214,8 +299,11 @@ class Builder:
     # -- internals -------------------------------------------------------------------------
     def _build(self, spec: BuildSpec, started: float, *, no_cache: bool, attempt: int) -> BuiltImage:
         ref = self.ref_for(spec)
-        self._emit(spec.name, "digest", f"digesting {spec.context}")
-        before = self.digest(spec)
+        plan = self.plan(spec)
+        bases = self.resolve_bases(spec.name, plan, pull=self.pull)
+        shown = ", ".join(f"{r} = {i[:19]}" for r, i in bases.items()) or "none"
+        self._emit(spec.name, "digest", f"digesting {spec.context} (base images: {shown})")
+        before = self.digest(spec, bases)
         digest_seconds = before.seconds
         if not no_cache:
             reused = self._try_reuse(spec, ref, before, started, digest_seconds)
@@ -234,23 +322,78 @@ class Builder:
             self.engine.untag(ref)
             raise StaleImageError(ref, before.digest, info.labels.get(LABEL_DIGEST, "<no label>"),
                                   reason="the built image's input-digest label does not match")
-        after = self.digest(spec)
+        self._check_descent(ref, plan, bases, layers=info.layers, digest=before.digest)
+        after = self.digest(spec, self._current_bases(plan))
         digest_seconds += after.seconds
         if after.digest != before.digest:
             self.engine.untag(ref)
             changed = after.changed_since(before)
+            moved = [c.removeprefix("<base>") for c in changed if c.startswith("<base>")]
+            what = (f"the base image tag {', '.join(moved)} moved" if moved else "the sources changed") \
+                + " while the build ran"
             if self.rebuild_on_stale and attempt == 1:
-                log.warning("%s: sources changed during the build (%s); rebuilding once with --no-cache",
-                            spec.name, ", ".join(changed[:5]))
+                log.warning("%s: %s (%s); rebuilding once with --no-cache", spec.name, what, ", ".join(changed[:5]))
                 image = self._build(spec, started, no_cache=True, attempt=2)
                 return replace(image, rebuilt_after_stale=True)
-            raise StaleImageError(ref, before.digest, after.digest, changed,
-                                  reason="the sources changed while the build ran")
+            raise StaleImageError(ref, before.digest, after.digest, changed, reason=what)
         return BuiltImage(
             name=spec.name, ref=ref, image_id=image_id, input_digest=before.digest, reused=False,
             build_seconds=time.monotonic() - started, digest_seconds=digest_seconds,
-            engine=self.engine.name, run_id=self.run_id,
+            engine=self.engine.name, run_id=self.run_id, base_images=bases,
         )
+
+    def _check_descent(self, ref: str, plan: BuildPlan, bases: Mapping[str, str], *,
+                       layers: tuple[str, ...], digest: str) -> None:
+        """The built image's layers must start with those of the base its final stage was resolved to."""
+        root = plan.root_image()
+        if root is None:
+            return  # FROM scratch (possibly through earlier stages): no base to descend from
+        base = self.engine.inspect_image(bases[root.ref])
+        base_layers = base.layers if base is not None else None
+        if base_layers is not None and layers[:len(base_layers)] == base_layers:
+            return
+        self.engine.untag(ref)
+        raise StaleImageError(
+            ref, digest, "<not built on the digested base>",
+            reason=f"the image does not descend from {root.ref} = {bases[root.ref][:19]} "
+                   f"({root.where(plan.source)}): the builder used another image for it",
+            hint="the base tag moved during the build, or the builder resolved it from a registry instead of "
+                 "the engine's store; build again (with --pull to refresh the base first)")
+
+    def _current_bases(self, plan: BuildPlan) -> dict[str, str]:
+        """Each base reference as the engine resolves it now (never pulls)."""
+        found = {use.ref: self.engine.inspect_image(use.ref) for use in self._distinct(plan)}
+        return {r: info.id if info is not None else MISSING for r, info in found.items()}
+
+    def _pull(self, name: str, use: ImageUse, plan: BuildPlan, *, forced: bool) -> None:
+        where = use.where(plan.source)
+        why = "--pull" if forced else "not in the engine"
+        self._emit(name, "pull", f"pulling {use.ref} ({where}; {why})")
+        try:
+            result = self.engine.pull(use.ref, use.platform, timeout=self.pull_timeout)
+        except CommandTimeoutError as exc:
+            raise BaseImageError(use.ref, f"pulling {use.ref} ({where}) did not finish within "
+                                 f"{self.pull_timeout:g} s", hint="check the registry and the network, or load "
+                                 "the image into the engine yourself") from exc
+        if result.returncode == 0:
+            return
+        tail = tail_lines(result.stderr or result.stdout, 5)
+        if forced and self.engine.inspect_image(use.ref) is not None:
+            raise BaseImageError(use.ref, f"--pull: cannot pull {use.ref} ({where})", log_tail=tail,
+                                 hint="the engine has a local copy: build without --pull to use it, or fix the "
+                                      "registry access")
+        raise BaseImageError(use.ref, f"base image {use.ref} ({where}) is not in the {self.engine.name} engine "
+                             "and cannot be pulled", log_tail=tail,
+                             hint="check the name (and the build args it comes from); build or load the image "
+                                  "into the engine first (the lab's bases: hack/base-images), or fix the registry "
+                                  "access")
+
+    def _distinct(self, plan: BuildPlan) -> list[ImageUse]:
+        return list({use.ref: use for use in reversed(plan.images)}.values())[::-1]
+
+    def _builder_kind(self) -> BuilderKind:
+        """Buildah (podman) and BuildKit build only the stages a target needs and set platform ARGs."""
+        return "buildkit" if self.engine.name == "podman" or self.engine.info().buildkit else "classic"
 
     def _try_reuse(self, spec: BuildSpec, ref: str, digest: InputDigest, started: float,
                    digest_seconds: float) -> BuiltImage | None:
@@ -261,7 +404,7 @@ class Builder:
             return BuiltImage(  # a warm run of the same run id: not even a retag
                 name=spec.name, ref=ref, image_id=current.id, input_digest=digest.digest, reused=True,
                 build_seconds=time.monotonic() - started, digest_seconds=digest_seconds,
-                engine=self.engine.name, run_id=self.run_id,
+                engine=self.engine.name, run_id=self.run_id, base_images=digest.base_images,
             )
         ids = self.engine.image_ids({LABEL_MANAGED: "true", LABEL_DIGEST: digest.digest, LABEL_SERVICE: spec.name})
         for image_id in ids:
@@ -277,7 +420,7 @@ class Builder:
             return BuiltImage(
                 name=spec.name, ref=ref, image_id=image_id, input_digest=digest.digest, reused=True,
                 build_seconds=time.monotonic() - started, digest_seconds=digest_seconds,
-                engine=self.engine.name, run_id=self.run_id,
+                engine=self.engine.name, run_id=self.run_id, base_images=digest.base_images,
             )
         return None
 
@@ -304,7 +447,18 @@ class Builder:
                 no_cache=no_cache,
                 iidfile=iidfile,
             )
-            result = self.engine.build(req, timeout=self.build_timeout)
+            try:
+                result = self.engine.build(req, timeout=self.build_timeout)
+            except CommandTimeoutError as exc:
+                self.engine.untag(ref)  # the engine may have tagged it as the client was stopped
+                raise BuildTimeoutError(
+                    f"building {spec.name} ({ref}) did not finish within {self.build_timeout:g} s; it was stopped",
+                    timeout=self.build_timeout,
+                    hint=f"a step may hang (a RUN waiting on the network or for input?) or the engine is "
+                         f"overloaded; re-run with -v to see the step; raise the limit with build_timeout=, "
+                         f"--build-timeout or ${BUILD_TIMEOUT_ENV}",
+                    log_tail=tail_lines(exc.stderr, 10),
+                ) from exc
             if result.returncode != 0:
                 self.engine.untag(ref)  # nothing of a failed build keeps our name
                 raise BuildError(

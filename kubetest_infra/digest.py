@@ -3,7 +3,10 @@
 The digest covers every entry of the build context that survives ``.dockerignore`` (see
 :mod:`kubetest_infra.dockerignore`): its relative path, its type, the executable bit and its content
 (a symlink's target, never the file it points to, since the engine sends the link itself); plus the
-Dockerfile (always, even when ignored), the build args, the target and the platform.
+Dockerfile (always, even when ignored), the build args, the target and the platform; and every external image
+the build pulls in (``FROM``, ``COPY --from``, ``RUN --mount=from=``) as the engine's image id, given
+by the caller as a ``ref → id`` mapping (:mod:`kubetest_infra.buildplan` finds the references,
+:mod:`kubetest_infra.build` resolves them through the engine), so a moved base tag changes the digest.
 
 Deliberate choices for special files, matching the engine's archive code: sockets are skipped (the
 engine skips them), FIFOs and device nodes count by type and device number and are never read.
@@ -28,7 +31,7 @@ from pathlib import Path
 from kubetest_infra.dockerignore import Matcher, load_matcher
 from kubetest_infra.errors import ContextError
 
-DIGEST_VERSION = "kti-input-digest-v1"
+DIGEST_VERSION = "kti-input-digest-v2"  # v2: base images folded in
 _RACY_NS = 2_000_000_000
 _CHUNK = 1 << 20
 _PARALLEL_MIN = 64
@@ -44,9 +47,10 @@ class InputDigest:
     total_bytes: int
     seconds: float
     ignore_file: str | None
+    base_images: Mapping[str, str] = field(default_factory=dict)  # ref → engine image id
 
     def changed_since(self, other: InputDigest) -> list[str]:
-        """Entries (paths, or ``<dockerfile>``/``<build-args>``) that differ between two digests."""
+        """Entries (paths, or ``<dockerfile>``/``<build-args>``/``<base>REF``) that differ between two digests."""
         keys = set(self.entries) | set(other.entries)
         return sorted(k for k in keys if self.entries.get(k) != other.entries.get(k))
 
@@ -216,11 +220,14 @@ def compute_digest(
     buildkit: bool = False,
     cache: DigestCache | None = None,
     use_cache: bool = True,
+    base_images: Mapping[str, str] | None = None,
 ) -> InputDigest:
     """Digest a build's inputs as the engine would receive them.
 
     ``dockerfile`` defaults to ``<context>/Dockerfile``; a relative path is taken from the context.
     ``buildkit`` selects the engine's ignore-file rules (see :func:`dockerignore.ignore_file_for`).
+    ``base_images`` maps each external image reference the build uses to the engine's image id
+    (the function stays pure: resolving is the caller's job); ``None`` or ``{}``: none (``FROM scratch``).
     """
     started = time.perf_counter()
     scan_started_ns = time.time_ns()
@@ -284,6 +291,8 @@ def compute_digest(
     entries["<build-args>"] = hashlib.sha256(args.encode()).hexdigest()
     entries["<target>"] = target or ""
     entries["<platform>"] = platform or ""
+    for ref, image_id in (base_images or {}).items():
+        entries[f"<base>{ref}"] = image_id
 
     h = hashlib.sha256(DIGEST_VERSION.encode() + b"\n")
     for key in sorted(entries):
@@ -298,4 +307,5 @@ def compute_digest(
         total_bytes=total,
         seconds=time.perf_counter() - started,
         ignore_file=str(ignore_file) if ignore_file else None,
+        base_images=dict(base_images or {}),
     )

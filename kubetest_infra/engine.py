@@ -42,6 +42,7 @@ class ImageInfo:
     created: str
     size: int
     last_tag_time: str = ""
+    layers: tuple[str, ...] = ()  # RootFS diff ids, base image's first: an image built FROM x starts with x's
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Engine:
         self.runner: Runner = runner or SubprocessRunner()
         self.binary = binary or name
         self._info: EngineInfo | None = None
+        self._platform: str | None = None
 
     def __repr__(self) -> str:
         return f"Engine({self.name!r})"
@@ -104,6 +106,14 @@ class Engine:
             buildkit = self.run("buildx", "version", check=False, timeout=30).returncode == 0
         self._info = EngineInfo(self.name, version, buildkit, root)
         return self._info
+
+    def platform(self) -> str:
+        """The engine's own ``os/arch`` (e.g. ``linux/amd64``): BuildKit's BUILDPLATFORM."""
+        if self._platform is None:
+            fmt = ("version", "--format", "{{.Server.Os}}/{{.Server.Arch}}") if self.name == "docker" \
+                else ("info", "--format", "{{.Host.OS}}/{{.Host.Arch}}")
+            self._platform = self.run(*fmt, timeout=30).stdout.strip()
+        return self._platform
 
     def inspect_images(self, refs: Sequence[str]) -> list[ImageInfo]:
         """Inspect several images at once; missing ones are left out."""
@@ -162,6 +172,11 @@ class Engine:
     def build(self, req: BuildRequest, timeout: float | None = None) -> CommandResult:
         return self.run(*self.build_argv(req), timeout=timeout, env=self.build_env(req), check=False)
 
+    def pull(self, ref: str, platform: str | None = None, timeout: float = 600) -> CommandResult:
+        """``<engine> pull [--platform P] ref``; the result's return code says whether it worked."""
+        argv = Command(["pull"]).add_option("--platform", platform)
+        return self.run(*argv, ref, timeout=timeout, check=False)
+
     def tag(self, source: str, target: str) -> None:
         self.run("tag", source, target)
 
@@ -181,6 +196,7 @@ def _image_info(raw: Mapping[str, object]) -> ImageInfo:
         created=str(raw.get("Created", "")),
         size=int(cast("int", raw.get("Size") or 0)),
         last_tag_time=str(cast("Mapping[str, object]", raw.get("Metadata") or {}).get("LastTagTime", "")),
+        layers=tuple(cast("Sequence[str]", cast("Mapping[str, object]", raw.get("RootFS") or {}).get("Layers") or ())),
     )
 
 

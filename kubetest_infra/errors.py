@@ -6,15 +6,19 @@ Every error says what happened and carries a ``Hint:`` line saying what to do ne
     ├── ConfigError            bad input from the user (spec, option, environment variable)
     │   ├── TagError           an image reference or tag that breaks DD-TEST-001 or Docker's grammar
     │   ├── ContextError       a build context or Dockerfile that cannot be used
+    │   │   └── DockerfileError    a Dockerfile the builders would refuse (file and line named)
     │   └── InputError         one or more :class:`Problem` values (file, field, message, hint), all at once
     │       ├── SuiteError         suite.yaml (kubetest_infra.suite)
     │       └── PreflightError     what is knowable before anything starts (kubetest_infra.preflight)
     ├── CommandError           a subprocess failed (argv, return code, redacted output)
+    │   └── CommandTimeoutError    it did not finish in time (what was waited for, which side stalled)
     ├── EngineError            the container engine
     │   ├── UnknownEngineError     a name that is neither docker nor podman
     │   └── EngineUnavailableError the engine binary is missing or its daemon does not answer
     ├── BuildError             ``docker build`` failed (carries the tail of the build log)
-    │   └── StaleImageError    the image does not hold what the working tree holds
+    │   ├── StaleImageError    the image does not hold what the working tree (or a base tag) holds
+    │   ├── BaseImageError     a base image is not in the engine and cannot be pulled
+    │   └── BuildTimeoutError  the build did not finish within the build timeout
     └── MultiBuildError        several builds in parallel: successes and every failure
 """
 
@@ -52,6 +56,16 @@ class TagError(ConfigError):
 
 class ContextError(ConfigError):
     """A build context or Dockerfile that cannot be used."""
+
+
+class DockerfileError(ContextError):
+    """A Dockerfile the builders would refuse, found before anything is built."""
+
+    def __init__(self, source: str, line: int, message: str, hint: str) -> None:
+        self.source = source
+        self.line = line
+        where = f"{source}:{line}" if line else source
+        super().__init__(f"{where}: {message}", hint)
 
 
 _E = TypeVar("_E", bound="InputError")
@@ -118,6 +132,24 @@ class CommandError(KtiError):
         super().__init__(message, hint)
 
 
+class CommandTimeoutError(CommandError):
+    """A command (or one side of a pipe) did not finish within its timeout; it was killed.
+
+    ``waited_for`` says what was being waited for (``"docker save x to produce output"``,
+    ``"node-1's importer to read its input"``…); ``side`` is ``"command"``, ``"producer"`` or
+    ``"consumer"``.
+    """
+
+    def __init__(self, argv: Sequence[str], timeout: float, waited_for: str, *, side: str = "command",
+                 output: str = "", hint: str = "") -> None:
+        self.timeout = timeout
+        self.waited_for = waited_for
+        self.side = side
+        detail = f"timed out after {timeout:g} s waiting for {waited_for}"
+        super().__init__(argv, -1, "", f"{output.rstrip()}\n{detail}" if output.strip() else detail,
+                         hint=hint or "the command hung; check the engine with 'kti doctor'")
+
+
 class EngineError(KtiError):
     """The container engine misbehaved."""
 
@@ -149,7 +181,9 @@ class StaleImageError(BuildError):
         expected: str,
         actual: str,
         changed: Sequence[str] = (),
+        *,
         reason: str = "",
+        hint: str = "",
     ) -> None:
         self.ref = ref
         self.expected = expected
@@ -163,15 +197,31 @@ class StaleImageError(BuildError):
         if self.changed:
             shown = ", ".join(self.changed[:10])
             more = f" (+{len(self.changed) - 10} more)" if len(self.changed) > 10 else ""
-            lines.append(f"  files that differ: {shown}{more}")
+            lines.append(f"  inputs that differ: {shown}{more}")
         super().__init__(
             "\n".join(lines),
-            hint=(
+            hint=hint or (
                 "the image does not hold the sources now in the working tree; build again "
                 "(pass rebuild_on_stale=True / --rebuild-on-stale for one automatic --no-cache rebuild), "
                 "and do not edit sources while a build runs"
             ),
         )
+
+
+class BaseImageError(BuildError):
+    """A base image (``FROM``, ``COPY --from``, ``RUN --mount=from=``) cannot be resolved or pulled."""
+
+    def __init__(self, ref: str, message: str, hint: str, log_tail: str = "") -> None:
+        self.ref = ref
+        super().__init__(message, hint, log_tail)
+
+
+class BuildTimeoutError(BuildError):
+    """A build did not finish within the builder's build timeout; it was stopped."""
+
+    def __init__(self, message: str, timeout: float, hint: str, log_tail: str = "") -> None:
+        self.timeout = timeout
+        super().__init__(message, hint, log_tail)
 
 
 class MultiBuildError(KtiError):
