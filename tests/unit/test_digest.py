@@ -162,3 +162,17 @@ def test_broken_cache_file_is_ignored(ctx: Path, tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text("{not json")
     assert compute_digest(ctx, cache=DigestCache(path)).digest == digest(ctx)
+
+
+def test_base_images_are_folded_in_by_id(ctx: Path) -> None:
+    """The digest takes ref → id from the caller (no engine here): a moved tag is a new digest."""
+    none = compute_digest(ctx, use_cache=False)
+    old = compute_digest(ctx, use_cache=False, base_images={"busybox:1": "sha256:" + "1" * 64})
+    new = compute_digest(ctx, use_cache=False, base_images={"busybox:1": "sha256:" + "2" * 64})
+    assert len({none.digest, old.digest, new.digest}) == 3
+    assert new.changed_since(old) == ["<base>busybox:1"]
+    assert new.base_images == {"busybox:1": "sha256:" + "2" * 64}
+    two = {"a:1": "sha256:" + "a" * 64, "b:1": "sha256:" + "b" * 64}
+    assert compute_digest(ctx, use_cache=False, base_images=two).digest == compute_digest(
+        ctx, use_cache=False, base_images=dict(reversed(two.items()))).digest
+    assert compute_digest(ctx, use_cache=False, base_images={}).digest == none.digest  # FROM scratch
