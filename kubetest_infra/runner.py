@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import re
 import subprocess
 import threading
@@ -20,7 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kubetest_infra.errors import CommandError
+from kubetest_infra import fanout
+from kubetest_infra.errors import CommandError, CommandTimeoutError
 
 log = logging.getLogger("kubetest_infra.runner")
 
@@ -56,7 +56,7 @@ def terminate_children() -> int:
     return len(live)
 
 REDACTED = "***"
-_PIPE_QUEUE = 64  # chunks of 1 MiB buffered per consumer
+_AFTER_KILL = 1.0  # seconds a killed command gets to release its pipes (SIGKILL: at once, unless a child holds them)
 # Keys whose values are secrets when passed as KEY=VALUE (build args, env).
 _SECRET_KEY = re.compile(r"(pass(word|wd)?|secret|token|api[_-]?key|credential|auth|private[_-]?key)", re.I)
 # user:password@ in URLs.
@@ -97,8 +97,10 @@ class Runner(Protocol):
              timeout: float | None = None) -> list[CommandResult]:
         """Stream ``producer``'s stdout into every consumer's stdin at once (no temp file).
 
-        Raises :class:`CommandError` if the producer fails; returns one result per consumer (check
-        their return codes: one failing consumer does not stop the others).
+        Returns one result per consumer (check their return codes: one failing consumer does not
+        stop the others). Raises :class:`CommandError` if the producer fails, or if a consumer
+        stopped reading before the end of the stream yet exited 0; :class:`CommandTimeoutError`
+        when ``timeout`` passes, naming the side that stalled and what it waited for.
         """
         ...
 
@@ -164,10 +166,16 @@ class SubprocessRunner:
             out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             proc.kill()
-            out, err = proc.communicate()
-            text = _decode(err) or _decode(out) or _decode(exc.stderr) or _decode(exc.output)
-            raise CommandError(shown, -1, "", self.redactor.text(text) + f"\ntimed out after {timeout} s",
-                               hint="the command hung; check the engine with 'kti doctor'") from exc
+            try:
+                out, err = proc.communicate(timeout=_AFTER_KILL)
+            except subprocess.TimeoutExpired as held:  # a child of it still holds the pipes: stop reading
+                out, err = held.output or exc.output or b"", held.stderr or exc.stderr or b""
+                _close(proc)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(_AFTER_KILL)
+            text = _decode(err) or _decode(out)
+            raise CommandTimeoutError(shown, timeout or 0.0, f"{fanout.describe(shown)} to finish",
+                                      output=self.redactor.text(text)) from exc
         except BaseException:
             proc.kill()
             proc.wait()
@@ -199,79 +207,50 @@ class SubprocessRunner:
                 procs.append(_popen(argv, shown, stdin=subprocess.PIPE))
             prod = _popen(producer, shown_p, stdin=None)
         except CommandError:
-            for proc in procs:
-                proc.kill()
-                proc.wait()
+            _kill(procs)
             raise
-        outputs: list[list[bytes]] = [[b"", b""] for _ in procs]
-        drains = [threading.Thread(target=_drain, args=(proc, outputs[i]), daemon=True)
-                  for i, proc in enumerate(procs)]
-        prod_err: list[bytes] = [b""]
-
-        def read_producer_stderr() -> None:
-            prod_err[0] = prod.stderr.read() if prod.stderr else b""
-
-        err_thread = threading.Thread(target=read_producer_stderr, daemon=True)
-        for t in [*drains, err_thread]:
-            t.start()
-        assert prod.stdout is not None
-        deadline = None if timeout is None else started + timeout
-        # One writer thread and a bounded queue per consumer: a slow node does not stall the others.
-        queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=_PIPE_QUEUE) for _ in procs]
-        dead: set[int] = set()
-
-        def feed(index: int) -> None:
-            proc, q = procs[index], queues[index]
-            assert proc.stdin is not None
-            while (chunk := q.get()) is not None:
-                if index in dead:
-                    continue  # keep draining so the producer never blocks on a dead consumer
-                try:
-                    proc.stdin.write(chunk)
-                except (BrokenPipeError, OSError):
-                    dead.add(index)  # this consumer died; its exit code tells why
-            with contextlib.suppress(BrokenPipeError, OSError):
-                proc.stdin.close()
-
-        feeders = [threading.Thread(target=feed, args=(i,), daemon=True) for i in range(len(procs))]
-        for t in feeders:
-            t.start()
+        every = [prod, *procs]
         try:
-            while chunk := prod.stdout.read(1 << 20):
-                for q in queues:
-                    q.put(chunk)
-                if len(dead) == len(procs) or (deadline is not None and time.monotonic() > deadline):
-                    break
+            side = [fanout.Consumer(p, s, fanout.Activity(f"consumer {fanout.describe(s)}"))
+                    for p, s in zip(procs, shown_cs, strict=True)]
+            source = fanout.Activity(f"the producer {fanout.describe(shown_p)}")
+            transfer = fanout.Transfer(side, source, timeout=timeout, on_all_closed=prod.kill)
+            prod_err: list[bytes] = []
+            assert prod.stdout is not None
+            assert prod.stderr is not None
+            transfer.drain(prod.stderr.fileno(), prod_err)
+            outcome = transfer.run(
+                fanout.read_fd(prod.stdout.fileno(), transfer.halt, source), others=[prod],
+                on_stall=lambda: fanout.stall_error(transfer, prod, shown_p, prod_err, self.redactor.text))
         finally:
-            for q in queues:
-                q.put(None)
-        for t in feeders:
-            t.join(timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
-        live = [p for i, p in enumerate(procs) if i not in dead]
-        timed_out = deadline is not None and time.monotonic() > deadline
-        if timed_out or not live:
-            prod.kill()
-        remaining = None if deadline is None else max(1.0, deadline - time.monotonic())
-        try:
-            prod.wait(timeout=remaining)
-            for proc in procs:
-                proc.wait(timeout=remaining)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        if timed_out:
-            for proc in [prod, *procs]:
-                proc.kill()
-                proc.wait()
-            raise CommandError((*shown_p, "|", *shown_cs[0]), -1, "", f"timed out after {timeout} s",
-                               hint="the transfer hung; check the engine and the node")
-        for t in [*drains, err_thread]:
-            t.join(timeout=10)
+            _kill(p for p in every if p.poll() is None)
+            for p in every:
+                _untrack(p)
+                _close(p)
         seconds = time.monotonic() - started
-        if prod.returncode != 0 and live:
-            raise CommandError(shown_p, prod.returncode, "", self.redactor.text(_decode(prod_err[0])))
-        return [CommandResult(shown, proc.returncode, self.redactor.text(_decode(out[0])),
-                              self.redactor.text(_decode(out[1])), seconds)
-                for shown, proc, out in zip(shown_cs, procs, outputs, strict=True)]
+        if prod.returncode != 0 and not outcome.all_closed:
+            raise CommandError(shown_p, prod.returncode, "", self.redactor.text(_decode(b"".join(prod_err))))
+        hidden = fanout.early_exits(outcome, self.redactor.text)
+        if hidden is not None:
+            raise hidden
+        return [CommandResult(c.shown, c.proc.returncode, self.redactor.text(_decode(b"".join(c.stdout))),
+                              self.redactor.text(_decode(b"".join(c.stderr))), seconds)
+                for c in outcome.consumers]
+
+
+def _close(proc: subprocess.Popen[bytes]) -> None:
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def _kill(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(_AFTER_KILL)
 
 
 def _popen(argv: Sequence[str], shown: tuple[str, ...], stdin: int | None) -> subprocess.Popen[bytes]:
@@ -280,15 +259,6 @@ def _popen(argv: Sequence[str], shown: tuple[str, ...], stdin: int | None) -> su
     except FileNotFoundError as exc:
         raise CommandError(shown, 127, "", f"{argv[0]}: command not found",
                            hint=f"install {argv[0]} or put it on PATH") from exc
-
-
-def _drain(proc: subprocess.Popen[bytes], sink: list[bytes]) -> None:
-    """Read a consumer's stdout and stderr so it never blocks on a full pipe."""
-    err_reader = threading.Thread(target=lambda: sink.__setitem__(1, proc.stderr.read() if proc.stderr else b""),
-                                  daemon=True)
-    err_reader.start()
-    sink[0] = proc.stdout.read() if proc.stdout else b""
-    err_reader.join()
 
 
 def _decode(data: bytes | str | None) -> str:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from kubetest_infra.errors import CommandError
+from kubetest_infra.errors import CommandError, CommandTimeoutError
 from kubetest_infra.runner import Command, Redactor, SubprocessRunner
 
 
@@ -76,3 +78,89 @@ def test_pipe_keeps_feeding_the_others_when_one_consumer_dies() -> None:
 def test_pipe_raises_when_the_producer_fails() -> None:
     with pytest.raises(CommandError, match="exit 3"):
         SubprocessRunner().pipe(["python3", "-c", "import sys; sys.exit(3)"], [["cat"]])
+
+
+# -- bounded waits: every test ends well within its timeout, with the side that stalled named ----------
+# Real small processes (python one-liners, sleep, head): they are not engines, and they stall for real.
+
+SILENT = ["python3", "-c", "import time; time.sleep(60)"]
+FIVE_MB = ["head", "-c", "5000000", "/dev/zero"]
+
+
+def test_run_timeout_is_a_command_timeout_error_saying_what_was_waited_for() -> None:
+    with pytest.raises(CommandTimeoutError, match=r"timed out after 0\.2 s waiting for `sleep 5` to finish") as info:
+        SubprocessRunner().run(["sleep", "5"], timeout=0.2)
+    assert info.value.side == "command" and info.value.returncode == -1
+
+
+def test_run_timeout_ends_even_when_a_child_keeps_the_pipes_open() -> None:
+    # the shell is killed at the timeout; its background sleep still holds stdout and stderr
+    script = "sleep 30 & echo started; wait"
+    with pytest.raises(CommandTimeoutError, match="to finish") as info:
+        SubprocessRunner().run(["sh", "-c", script], timeout=0.3)
+    assert "started" in info.value.stderr
+
+
+def test_pipe_stalled_producer_is_named() -> None:
+    with pytest.raises(CommandTimeoutError) as info:
+        SubprocessRunner().pipe(SILENT, [["cat"]], timeout=0.5)
+    err = info.value
+    assert err.side == "producer" and err.argv[0] == "python3"
+    assert "waiting for the producer `python3 -c import time; time.sleep(60)` to write more output" in str(err)
+    assert "0 bytes so far" in str(err) and "Hint: the producer hung" in str(err)
+
+
+def test_pipe_producer_that_exited_while_its_child_holds_stdout() -> None:
+    producer = ["sh", "-c", "printf abc; sleep 30 &"]
+    with pytest.raises(CommandTimeoutError, match="it has exited but a process it started still holds its stdout"):
+        SubprocessRunner().pipe(producer, [["cat"]], timeout=0.5)
+
+
+def test_pipe_consumer_that_stops_reading_is_named() -> None:
+    with pytest.raises(CommandTimeoutError) as info:
+        SubprocessRunner().pipe(FIVE_MB, [["wc", "-c"], ["sleep", "30"]], timeout=1.2)
+    err = info.value
+    assert err.side == "consumer" and err.argv == ("sleep", "30")
+    assert "waiting for consumer `sleep 30` to read its stdin: a write has waited" in str(err)
+    assert re.search(r"65536 of \d+ bytes delivered", str(err))  # what the pipe buffer took, then nothing
+
+
+def test_pipe_consumer_that_reads_everything_but_never_exits() -> None:
+    consumer = ["sh", "-c", "cat >/dev/null; exec sleep 30"]
+    with pytest.raises(CommandTimeoutError, match=r"to exit after its input ended \(3 bytes delivered\)"):
+        SubprocessRunner().pipe(["printf", "abc"], [consumer], timeout=1.2)
+
+
+def test_pipe_consumer_that_exits_early_with_success_is_an_error() -> None:
+    with pytest.raises(CommandError, match="closed its input after") as info:
+        SubprocessRunner().pipe(FIVE_MB, [["head", "-c", "10"]], timeout=5)
+    assert info.value.returncode == 0 and "exited 0" in str(info.value)
+    assert not isinstance(info.value, CommandTimeoutError)
+
+
+def test_pipe_consumer_that_exits_early_while_the_producer_is_silent_ends_at_once() -> None:
+    # nothing to write, so no broken pipe: the watchdog sees every consumer gone and stops the producer
+    with pytest.raises(CommandError, match="before the end of the stream") as info:
+        SubprocessRunner().pipe(SILENT, [["true"]], timeout=30)
+    assert not isinstance(info.value, CommandTimeoutError)
+
+
+def test_pipe_a_silent_truncation_is_an_error_even_when_the_others_are_fine() -> None:
+    with pytest.raises(CommandError, match=r"head -c 1\n.*closed its input after \d+ of 5000000 bytes \(the whole "
+                                           r"stream was not read\) and exited 0"):
+        SubprocessRunner().pipe(FIVE_MB, [["head", "-c", "1"], ["wc", "-c"]], timeout=10)
+
+
+def test_pipe_without_a_timeout_still_finishes() -> None:
+    (result,) = SubprocessRunner().pipe(FIVE_MB, [["wc", "-c"]])
+    assert result.stdout.strip() == "5000000"
+
+
+def test_pipe_redacts_what_a_stalled_side_printed() -> None:
+    runner = SubprocessRunner()
+    runner.redactor.add("hunter2-token")
+    producer = ["python3", "-c", "import sys, time; sys.stderr.write('auth hunter2-token\\n'); sys.stderr.flush(); "
+                "time.sleep(60)"]
+    with pytest.raises(CommandTimeoutError) as info:
+        runner.pipe(producer, [["cat"]], timeout=0.5)
+    assert "auth ***" in str(info.value) and "hunter2" not in str(info.value)
