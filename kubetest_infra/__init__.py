@@ -4,14 +4,19 @@ Pipeline: ``tags → digest → build`` (this release); load, render, apply and 
 """
 
 from kubetest_infra.build import Builder, BuildEvent, BuildSpec, BuiltImage
+from kubetest_infra.buildplan import BuildPlan, ImageUse, plan_build
 from kubetest_infra.cleanup import Removal, gc, remove_run_images
 from kubetest_infra.digest import InputDigest, compute_digest
 from kubetest_infra.engine import Engine, EngineInfo, ImageInfo, get_engine
 from kubetest_infra.errors import (
+    BaseImageError,
     BuildError,
+    BuildTimeoutError,
     CommandError,
+    CommandTimeoutError,
     ConfigError,
     ContextError,
+    DockerfileError,
     EngineError,
     EngineUnavailableError,
     KtiError,
@@ -26,20 +31,26 @@ from kubetest_infra.tags import image_ref, new_run_id, parse_ref, require_pinned
 __version__ = "0.1.0"
 
 __all__ = [
+    "BaseImageError",
     "BuildError",
     "BuildEvent",
+    "BuildPlan",
     "BuildSpec",
+    "BuildTimeoutError",
     "Builder",
     "BuiltImage",
     "CommandError",
     "CommandResult",
+    "CommandTimeoutError",
     "ConfigError",
     "ContextError",
+    "DockerfileError",
     "Engine",
     "EngineError",
     "EngineInfo",
     "EngineUnavailableError",
     "ImageInfo",
+    "ImageUse",
     "InputDigest",
     "KtiError",
     "MultiBuildError",
@@ -56,6 +67,7 @@ __all__ = [
     "image_ref",
     "new_run_id",
     "parse_ref",
+    "plan_build",
     "remove_run_images",
     "require_pinned",
     "resolve_run_id",

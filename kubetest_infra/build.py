@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetest_infra.buildplan import BuilderKind, BuildPlan, ImageUse, plan_build, uses_platform_args
-from kubetest_infra.digest import DigestCache, InputDigest, compute_digest
+from kubetest_infra.digest import DigestCache, InputDigest, check_inputs, compute_digest
 from kubetest_infra.engine import BuildRequest, Engine
 from kubetest_infra.errors import (
     BaseImageError,
@@ -191,13 +191,12 @@ class Builder:
 
     def plan(self, spec: BuildSpec) -> BuildPlan:
         """The stages and external images a build of ``spec`` uses, evaluated as this engine's builder does."""
-        path = spec.dockerfile_path()
+        path = check_inputs(spec.context, spec.dockerfile)[1]
         try:
             text = path.read_text(encoding="utf-8", errors="surrogateescape")
         except OSError as exc:
             raise ContextError(f"cannot read the Dockerfile {path}: {exc.strerror}",
-                               hint="create it, or point dockerfile at the right file (relative to the context)"
-                               ) from exc
+                               hint="make it readable by this user") from exc
         kind = self._builder_kind()
         build_platform = target_platform = None
         if kind == "buildkit" and uses_platform_args(text):
@@ -322,20 +321,22 @@ class Builder:
             self.engine.untag(ref)
             raise StaleImageError(ref, before.digest, info.labels.get(LABEL_DIGEST, "<no label>"),
                                   reason="the built image's input-digest label does not match")
-        self._check_descent(ref, plan, bases, layers=info.layers, digest=before.digest)
+        stale = self._check_descent(ref, plan, bases, layers=info.layers, digest=before.digest)
         after = self.digest(spec, self._current_bases(plan))
         digest_seconds += after.seconds
-        if after.digest != before.digest:
-            self.engine.untag(ref)
+        if stale is None and after.digest != before.digest:
             changed = after.changed_since(before)
             moved = [c.removeprefix("<base>") for c in changed if c.startswith("<base>")]
             what = (f"the base image tag {', '.join(moved)} moved" if moved else "the sources changed") \
                 + " while the build ran"
+            stale = StaleImageError(ref, before.digest, after.digest, changed, reason=what)
+        if stale is not None:
+            self.engine.untag(ref)
             if self.rebuild_on_stale and attempt == 1:
-                log.warning("%s: %s (%s); rebuilding once with --no-cache", spec.name, what, ", ".join(changed[:5]))
+                log.warning("%s: rebuilding once with --no-cache: %s", spec.name, stale.message.splitlines()[0])
                 image = self._build(spec, started, no_cache=True, attempt=2)
                 return replace(image, rebuilt_after_stale=True)
-            raise StaleImageError(ref, before.digest, after.digest, changed, reason=what)
+            raise stale
         return BuiltImage(
             name=spec.name, ref=ref, image_id=image_id, input_digest=before.digest, reused=False,
             build_seconds=time.monotonic() - started, digest_seconds=digest_seconds,
@@ -343,17 +344,16 @@ class Builder:
         )
 
     def _check_descent(self, ref: str, plan: BuildPlan, bases: Mapping[str, str], *,
-                       layers: tuple[str, ...], digest: str) -> None:
+                       layers: tuple[str, ...], digest: str) -> StaleImageError | None:
         """The built image's layers must start with those of the base its final stage was resolved to."""
         root = plan.root_image()
         if root is None:
-            return  # FROM scratch (possibly through earlier stages): no base to descend from
+            return None  # FROM scratch (possibly through earlier stages): no base to descend from
         base = self.engine.inspect_image(bases[root.ref])
         base_layers = base.layers if base is not None else None
         if base_layers is not None and layers[:len(base_layers)] == base_layers:
-            return
-        self.engine.untag(ref)
-        raise StaleImageError(
+            return None
+        return StaleImageError(
             ref, digest, "<not built on the digested base>",
             reason=f"the image does not descend from {root.ref} = {bases[root.ref][:19]} "
                    f"({root.where(plan.source)}): the builder used another image for it",

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from kubetest_infra.build import Builder, BuildEvent, BuildSpec
+from kubetest_infra.build import Builder, BuildEvent, BuildSpec, parse_timeout
 from kubetest_infra.cleanup import gc, parse_age, remove_run_images
 from kubetest_infra.doctor import run_checks
 from kubetest_infra.engine import get_engine
@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--run-id", help="run id (default: $KTI_RUN_ID, else random)")
     b.add_argument("--no-cache", action="store_true", help="never reuse an image or the build cache")
     b.add_argument("--rebuild-on-stale", action="store_true", help="one automatic --no-cache rebuild if stale")
+    b.add_argument("--pull", action="store_true",
+                   help="pull every base image (FROM, COPY --from, RUN --mount from) before digesting and building")
+    b.add_argument("--build-timeout", metavar="SECONDS",
+                   help="stop a build that runs longer (900, 30m, 2h; default: $KTI_BUILD_TIMEOUT or 30m)")
     b.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
     sub.add_parser("doctor", help="check engine, kind, kubectl and disk space")
@@ -92,8 +96,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     run_id = resolve_run_id(args.run_id)
     if not args.name.strip():
         raise ConfigError("--name is empty", hint="give the service name, e.g. --name datastorage")
+    timeout = parse_timeout(args.build_timeout, "--build-timeout") if args.build_timeout else None
     builder = Builder(engine, run_id, args.consumer, registry=args.registry, no_cache=args.no_cache,
-                      rebuild_on_stale=args.rebuild_on_stale, on_event=_progress)
+                      rebuild_on_stale=args.rebuild_on_stale, on_event=_progress, pull=args.pull,
+                      build_timeout=timeout)
     spec = BuildSpec(name=args.name, context=args.context, dockerfile=args.dockerfile,
                      build_args=dict(args.build_arg), target=args.target, platform=args.platform)
     image = builder.build(spec)

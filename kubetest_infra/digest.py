@@ -196,6 +196,22 @@ def _check_context(ctx: Path) -> Path:
                            hint="check the permissions of the directory and its parents") from exc
 
 
+def check_inputs(context: Path | str, dockerfile: Path | str | None = None) -> tuple[Path, Path]:
+    """(resolved context, Dockerfile path): the context must be a readable directory, the Dockerfile a file.
+
+    ``dockerfile`` defaults to ``Dockerfile``; a relative path is taken from the context.
+    """
+    ctx = _check_context(Path(context))
+    df = Path(dockerfile) if dockerfile is not None else Path("Dockerfile")
+    df = df if df.is_absolute() else ctx / df
+    if not df.is_file():
+        raise ContextError(
+            f"Dockerfile not found: {df}",
+            hint="create it, or point --dockerfile at the right file (relative paths start at the context)",
+        )
+    return ctx, df
+
+
 def _hash_file(path: str) -> str:
     h = hashlib.sha256()
     try:
@@ -231,14 +247,7 @@ def compute_digest(
     """
     started = time.perf_counter()
     scan_started_ns = time.time_ns()
-    ctx = _check_context(Path(context))
-    df = Path(dockerfile) if dockerfile is not None else Path("Dockerfile")
-    df = df if df.is_absolute() else ctx / df
-    if not df.is_file():
-        raise ContextError(
-            f"Dockerfile not found: {df}",
-            hint="create it, or point --dockerfile at the right file (relative paths start at the context)",
-        )
+    ctx, df = check_inputs(context, dockerfile)
     matcher, ignore_file = load_matcher(ctx, df, buildkit)
     found, saw_any = _walk(ctx, matcher)
     if saw_any and not any(f.kind != "dir" for f in found):

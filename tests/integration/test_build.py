@@ -266,7 +266,8 @@ def test_cli_build_json_prints_only_json(engine: Engine, busybox: str, tmp_path:
         proc = subprocess.run(argv, capture_output=True, text=True, check=True)
         doc = json.loads(proc.stdout)
         entry = doc["images"]["cliapp"]
-        assert set(entry) == {"ref", "image_id", "input_digest", "reused", "build_seconds"}
+        assert set(entry) == {"ref", "image_id", "input_digest", "reused", "build_seconds", "base_images"}
+        assert entry["base_images"] == {busybox: engine.inspect_image(busybox).id}  # type: ignore[union-attr]
         assert entry["ref"] == f"localhost/cliapp:clitest-{run_id}"
         assert engine.inspect_image(entry["ref"]).id == entry["image_id"]  # type: ignore[union-attr]
         assert "[cliapp] done" in proc.stderr
