@@ -329,7 +329,9 @@ class Builder:
             moved = [c.removeprefix("<base>") for c in changed if c.startswith("<base>")]
             what = (f"the base image tag {', '.join(moved)} moved" if moved else "the sources changed") \
                 + " while the build ran"
-            stale = StaleImageError(ref, before.digest, after.digest, changed, reason=what)
+            hint = ("a base image tag moved while the build ran: build again to build on the new base "
+                    "(rebuild_on_stale=True / --rebuild-on-stale does it once automatically)") if moved else ""
+            stale = StaleImageError(ref, before.digest, after.digest, changed, reason=what, hint=hint)
         if stale is not None:
             self.engine.untag(ref)
             if self.rebuild_on_stale and attempt == 1:
