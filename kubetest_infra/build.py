@@ -37,7 +37,7 @@ from typing import Any
 
 from kubetest_infra.buildplan import BuilderKind, BuildPlan, ImageUse, plan_build, uses_platform_args
 from kubetest_infra.digest import DigestCache, InputDigest, check_inputs, compute_digest
-from kubetest_infra.engine import BuildRequest, Engine
+from kubetest_infra.engine import BuildRequest, Engine, ImageInfo
 from kubetest_infra.errors import (
     BaseImageError,
     BuildError,
@@ -211,8 +211,10 @@ class Builder:
         Raises :class:`BaseImageError` for an image the engine does not have and cannot pull.
         """
         resolved: dict[str, str] = {}
-        for use in self._distinct(plan):
-            info = None if pull else self.engine.inspect_image(use.ref)
+        uses = self._distinct(plan)
+        local = {} if pull else self._inspect_refs([u.ref for u in uses])
+        for use in uses:
+            info = local.get(use.ref)
             if info is None:
                 self._pull(name, use, plan, forced=pull)
                 info = self.engine.inspect_image(use.ref)
@@ -364,8 +366,16 @@ class Builder:
 
     def _current_bases(self, plan: BuildPlan) -> dict[str, str]:
         """Each base reference as the engine resolves it now (never pulls)."""
-        found = {use.ref: self.engine.inspect_image(use.ref) for use in self._distinct(plan)}
+        found = self._inspect_refs([use.ref for use in self._distinct(plan)])
         return {r: info.id if info is not None else MISSING for r, info in found.items()}
+
+    def _inspect_refs(self, refs: list[str]) -> dict[str, ImageInfo | None]:
+        """``ref → ImageInfo`` (None: not in the engine); one engine call when every ref is there."""
+        if len(refs) > 1:
+            infos = self.engine.inspect_images(refs)
+            if len(infos) == len(refs):  # all found: the engine answers in the order asked
+                return dict(zip(refs, infos, strict=True))
+        return {ref: self.engine.inspect_image(ref) for ref in refs}
 
     def _pull(self, name: str, use: ImageUse, plan: BuildPlan, *, forced: bool) -> None:
         where = use.where(plan.source)

@@ -229,3 +229,42 @@ def test_a_build_that_hangs_is_stopped_with_a_build_timeout_error(spec: BuildSpe
     assert "RUN sleep 1d" in str(info.value) and "KTI_BUILD_TIMEOUT" in str(info.value)
     assert info.value.timeout == 42
     assert removed == ["localhost/app:suite-r1"]
+
+
+def test_several_bases_are_resolved_in_one_engine_call(tmp_path: Path) -> None:
+    ctx = tmp_path / "multi"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM a:1 AS one\nFROM b:1\nCOPY --from=one / /\nCOPY --from=c:1 / /\n")
+
+    def handler(argv: tuple[str, ...]) -> Answer | None:
+        if argv[1:3] == ("image", "inspect"):
+            return 0, json.dumps([json.loads(image(f"sha256:{ref[0]}"))[0] for ref in argv[3:]]), ""
+        return None
+
+    engine, runner = engine_with(handler)
+    builder = Builder(engine, "r1", "suite", cache_dir=tmp_path / "cache")
+    bases = builder.resolve_bases("multi", builder.plan(BuildSpec("multi", ctx)), pull=False)
+    assert bases == {"a:1": "sha256:a", "b:1": "sha256:b", "c:1": "sha256:c"}
+    assert [c for c in runner.calls if c[1] == "image"] == [("docker", "image", "inspect", "a:1", "b:1", "c:1")]
+
+
+def test_buildkit_platform_args_come_from_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCKER_BUILDKIT", raising=False)
+    ctx = tmp_path / "plat"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM --platform=$BUILDPLATFORM tools-${TARGETARCH}:1\n")
+
+    def handler(argv: tuple[str, ...]) -> Answer | None:
+        if argv[1:3] == ("buildx", "version"):
+            return 0, "github.com/docker/buildx v0.12.1", ""
+        if argv[1] == "version":
+            return 0, "linux/amd64\n", ""
+        return None
+
+    engine, _ = engine_with(handler)
+    builder = Builder(engine, "r1", "suite")
+    assert builder.plan(BuildSpec("plat", ctx)).refs() == ["tools-amd64:1"]
+    assert builder.plan(BuildSpec("plat", ctx, platform="linux/arm64")).refs() == ["tools-arm64:1"]
+    classic, _ = engine_with(lambda _a: None)  # no buildx: the classic builder sets no platform ARGs
+    with pytest.raises(DockerfileError, match="expands to nothing"):
+        Builder(classic, "r1", "suite").plan(BuildSpec("plat", ctx))
