@@ -76,7 +76,7 @@ DEFAULT_BUILD_TIMEOUT = 1800.0  # 30 min: a cold build of a large image on a slo
 DEFAULT_PULL_TIMEOUT = 600.0
 _SECONDS = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)?$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
-MISSING = "<missing>"  # a base reference that resolves to nothing (only ever seen after a build)
+MISSING = "<missing>"  # a base reference that resolves to nothing in the engine (never in a build's digest)
 
 
 def parse_timeout(text: str, source: str) -> float:
@@ -226,9 +226,13 @@ class Builder:
         return resolved
 
     def digest(self, spec: BuildSpec, bases: Mapping[str, str] | None = None) -> InputDigest:
-        """The input digest of ``spec``; ``bases`` (``ref → id``) defaults to resolving them now."""
+        """The input digest of ``spec``; ``bases`` (``ref → id``) defaults to the engine's ids now.
+
+        Without ``bases`` this only reads: a base the engine does not have counts as ``<missing>``
+        (a build pulls it first, so its digest then differs from this one).
+        """
         if bases is None:
-            bases = self.resolve_bases(spec.name, self.plan(spec), pull=self.pull)
+            bases = self._current_bases(self.plan(spec))
         ctx = Path(spec.context)
         cache = DigestCache.for_context(ctx, self.cache_dir) if ctx.is_dir() else None
         return compute_digest(

@@ -92,6 +92,8 @@ def test_a_missing_base_is_pulled_then_resolved(spec: BuildSpec, tmp_path: Path)
 
     engine, runner = engine_with(handler)
     builder = Builder(engine, "r1", "suite", cache_dir=tmp_path / "cache")
+    assert builder.digest(spec).base_images == {"busybox:1": "<missing>"}  # a query never pulls
+    assert not pulled
     assert builder.resolve_bases("app", builder.plan(spec), pull=False) == {"busybox:1": "sha256:base"}
     assert pulled == ["busybox:1"]
     digest = builder.digest(spec)
@@ -127,7 +129,7 @@ def test_pull_option_pulls_a_present_base_and_never_falls_back_silently(spec: Bu
     engine, runner = engine_with(handler)
     builder = Builder(engine, "r1", "suite", cache_dir=tmp_path / "cache", pull=True)
     with pytest.raises(BaseImageError, match="--pull: cannot pull busybox:1") as info:
-        builder.digest(spec)
+        builder.resolve_bases("app", builder.plan(spec), pull=builder.pull)
     assert "build without --pull to use it" in str(info.value)
     assert ("docker", "pull", "busybox:1") in runner.calls
 
@@ -147,7 +149,8 @@ def test_pull_keeps_the_from_platform(tmp_path: Path) -> None:
         return None
 
     engine, _ = engine_with(handler)
-    Builder(engine, "r1", "suite", cache_dir=tmp_path / "cache").digest(BuildSpec("p", ctx))
+    builder = Builder(engine, "r1", "suite", cache_dir=tmp_path / "cache")
+    builder.resolve_bases("p", builder.plan(BuildSpec("p", ctx)), pull=False)
     assert pulls == [("docker", "pull", "--platform", "linux/arm64", "busybox:1")]
 
 
@@ -162,7 +165,7 @@ def test_a_pull_that_hangs_is_a_base_image_error(spec: BuildSpec, tmp_path: Path
     engine.runner = Hanging(engine.runner.script)  # type: ignore[attr-defined]
     builder = Builder(engine, "r1", "suite", cache_dir=tmp_path / "cache", pull_timeout=5)
     with pytest.raises(BaseImageError, match=r"pulling busybox:1 .* did not finish within 5 s"):
-        builder.digest(spec)
+        builder.build(spec)
 
 
 def test_a_bad_dockerfile_is_refused_before_any_engine_call(tmp_path: Path) -> None:
