@@ -205,9 +205,10 @@ class Builder:
         return plan_build(text, spec.build_args, spec.target, builder=kind, build_platform=build_platform,
                           target_platform=target_platform, source=str(path))
 
-    def resolve_bases(self, name: str, plan: BuildPlan, *, pull: bool) -> dict[str, str]:
+    def resolve_bases(self, name: str, plan: BuildPlan, *, pull: bool, platform: str | None = None) -> dict[str, str]:
         """``ref → image id`` for every external image of ``plan``; missing ones (all, with ``pull``) pulled.
 
+        A pull asks for the ``FROM --platform`` of that image, else ``platform`` (the build's own).
         Raises :class:`BaseImageError` for an image the engine does not have and cannot pull.
         """
         resolved: dict[str, str] = {}
@@ -216,7 +217,7 @@ class Builder:
         for use in uses:
             info = local.get(use.ref)
             if info is None:
-                self._pull(name, use, plan, forced=pull)
+                self._pull(name, use, plan, forced=pull, platform=use.platform or platform)
                 info = self.engine.inspect_image(use.ref)
             if info is None:
                 raise BaseImageError(use.ref, f"{use.ref} ({use.where(plan.source)}) is still not in the "
@@ -305,7 +306,7 @@ class Builder:
     def _build(self, spec: BuildSpec, started: float, *, no_cache: bool, attempt: int) -> BuiltImage:
         ref = self.ref_for(spec)
         plan = self.plan(spec)
-        bases = self.resolve_bases(spec.name, plan, pull=self.pull)
+        bases = self.resolve_bases(spec.name, plan, pull=self.pull, platform=spec.platform)
         shown = ", ".join(f"{r} = {i[:19]}" for r, i in bases.items()) or "none"
         self._emit(spec.name, "digest", f"digesting {spec.context} (base images: {shown})")
         before = self.digest(spec, bases)
@@ -381,12 +382,12 @@ class Builder:
                 return dict(zip(refs, infos, strict=True))
         return {ref: self.engine.inspect_image(ref) for ref in refs}
 
-    def _pull(self, name: str, use: ImageUse, plan: BuildPlan, *, forced: bool) -> None:
+    def _pull(self, name: str, use: ImageUse, plan: BuildPlan, *, forced: bool, platform: str | None) -> None:
         where = use.where(plan.source)
         why = "--pull" if forced else "not in the engine"
         self._emit(name, "pull", f"pulling {use.ref} ({where}; {why})")
         try:
-            result = self.engine.pull(use.ref, use.platform, timeout=self.pull_timeout)
+            result = self.engine.pull(use.ref, platform, timeout=self.pull_timeout)
         except CommandTimeoutError as exc:
             raise BaseImageError(use.ref, f"pulling {use.ref} ({where}) did not finish within "
                                  f"{self.pull_timeout:g} s", hint="check the registry and the network, or load "
@@ -405,7 +406,11 @@ class Builder:
                                   "access")
 
     def _distinct(self, plan: BuildPlan) -> list[ImageUse]:
-        return list({use.ref: use for use in reversed(plan.images)}.values())[::-1]
+        """One use per reference (its first), in order of first use."""
+        first: dict[str, ImageUse] = {}
+        for use in plan.images:
+            first.setdefault(use.ref, use)
+        return list(first.values())
 
     def _builder_kind(self) -> BuilderKind:
         """Buildah (podman) and BuildKit build only the stages a target needs and set platform ARGs."""

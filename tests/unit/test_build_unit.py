@@ -150,8 +150,12 @@ def test_pull_keeps_the_from_platform(tmp_path: Path) -> None:
 
     engine, _ = engine_with(handler)
     builder = Builder(engine, "r1", "suite", cache_dir=tmp_path / "cache")
-    builder.resolve_bases("p", builder.plan(BuildSpec("p", ctx)), pull=False)
-    assert pulls == [("docker", "pull", "--platform", "linux/arm64", "busybox:1")]
+    builder.resolve_bases("p", builder.plan(BuildSpec("p", ctx)), pull=False, platform="linux/s390x")
+    assert pulls == [("docker", "pull", "--platform", "linux/arm64", "busybox:1")]  # FROM --platform wins
+    pulls.clear()
+    (ctx / "Dockerfile").write_text("FROM busybox:1\n")
+    builder.resolve_bases("p", builder.plan(BuildSpec("p", ctx)), pull=False, platform="linux/s390x")
+    assert pulls == [("docker", "pull", "--platform", "linux/s390x", "busybox:1")]  # else the build's
 
 
 def test_a_pull_that_hangs_is_a_base_image_error(spec: BuildSpec, tmp_path: Path) -> None:
