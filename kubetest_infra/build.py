@@ -317,15 +317,17 @@ class Builder:
                 return reused
         self._emit(spec.name, "build", f"building {ref} ({before.file_count} files, "
                                        f"{before.total_bytes / 1e6:.1f} MB){' --no-cache' if no_cache else ''}")
-        image_id = self._run_build(spec, ref, before, no_cache)
+        found = self.engine.inspect_image(ref)
+        previous = found.id if found is not None else None  # a warm run's own tag: never ours to remove
+        image_id = self._run_build(spec, ref, before, no_cache, previous)
         self._emit(spec.name, "verify", f"verifying {ref}")
         info = self.engine.inspect_image(ref)
         if info is None or info.id != image_id:
-            self.engine.untag(ref)
+            self._discard(ref, previous)
             raise StaleImageError(ref, before.digest, "<unknown>",
                                   reason=f"the tag does not resolve to the image the build produced ({image_id[:19]})")
         if info.labels.get(LABEL_DIGEST) != before.digest:
-            self.engine.untag(ref)
+            self._discard(ref, previous)
             raise StaleImageError(ref, before.digest, info.labels.get(LABEL_DIGEST, "<no label>"),
                                   reason="the built image's input-digest label does not match")
         stale = self._check_descent(ref, plan, bases, layers=info.layers, digest=before.digest)
@@ -340,7 +342,7 @@ class Builder:
                     "(rebuild_on_stale=True / --rebuild-on-stale does it once automatically)") if moved else ""
             stale = StaleImageError(ref, before.digest, after.digest, changed, reason=what, hint=hint)
         if stale is not None:
-            self.engine.untag(ref)
+            self._discard(ref, previous)
             if self.rebuild_on_stale and attempt == 1:
                 log.warning("%s: rebuilding once with --no-cache: %s", spec.name, stale.message.splitlines()[0])
                 image = self._build(spec, started, no_cache=True, attempt=2)
@@ -435,7 +437,7 @@ class Builder:
                 continue  # removed meanwhile (another run's cleanup): try the next, or build
             info = self.engine.inspect_image(ref)
             if info is None or info.id != image_id or info.labels.get(LABEL_DIGEST) != digest.digest:
-                self.engine.untag(ref)
+                self._discard(ref, current.id if current is not None else None)
                 continue
             self._emit(spec.name, "reuse", f"inputs unchanged: retagged {image_id[:19]} as {ref}")
             return BuiltImage(
@@ -445,7 +447,21 @@ class Builder:
             )
         return None
 
-    def _run_build(self, spec: BuildSpec, ref: str, digest: InputDigest, no_cache: bool) -> str:
+    def _discard(self, ref: str, previous: str | None) -> None:
+        """Undo what a failed or stale build did to ``ref``: point it back at the image it named before
+        (a warm run's tag belongs to its environment), or remove it if the build created it."""
+        if previous is None:
+            self.engine.untag(ref)
+            return
+        now = self.engine.inspect_image(ref)
+        if now is None or now.id != previous:
+            try:
+                self.engine.tag(previous, ref)
+            except CommandError:
+                self.engine.untag(ref)  # the previous image is gone: never leave the failed one named
+
+    def _run_build(self, spec: BuildSpec, ref: str, digest: InputDigest, no_cache: bool,
+                   previous: str | None = None) -> str:
         labels = {
             LABEL_MANAGED: "true",
             LABEL_DIGEST: digest.digest,
@@ -471,7 +487,7 @@ class Builder:
             try:
                 result = self.engine.build(req, timeout=self.build_timeout)
             except CommandTimeoutError as exc:
-                self.engine.untag(ref)  # the engine may have tagged it as the client was stopped
+                self._discard(ref, previous)  # the engine may have tagged it as the client was stopped
                 raise BuildTimeoutError(
                     f"building {spec.name} ({ref}) did not finish within {self.build_timeout:g} s; it was stopped",
                     timeout=self.build_timeout,
@@ -481,7 +497,7 @@ class Builder:
                     log_tail=tail_lines(exc.stderr, 10),
                 ) from exc
             if result.returncode != 0:
-                self.engine.untag(ref)  # nothing of a failed build keeps our name
+                self._discard(ref, previous)  # nothing of a failed build keeps our name
                 raise BuildError(
                     f"building {spec.name} ({ref}) failed with exit {result.returncode}",
                     hint=f"fix the step shown above in {spec.dockerfile_path()}; re-run with -v for the full log",

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--keep", action="store_true",
                    help="keep what was created when something fails (recorded: 'kti down' removes it later)")
     u.add_argument("--no-cache", action="store_true", help="never reuse images or the build cache")
+    u.add_argument("--pull", action="store_true",
+                   help="pull every base image before digesting (a moved remote tag then rebuilds)")
     u.add_argument("--run-id", help="run id (default: $KTI_RUN_ID, else random)")
     u.add_argument("--json", action="store_true", help="print the environment as JSON on stdout")
 
@@ -163,7 +165,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr, title=f"kti up {suite.name}")
     with progress:
         env = session.up(run_id=args.run_id, reuse=args.reuse, keep_env=True, keep_on_failure=args.keep,
-                         no_cache=args.no_cache, on_event=progress.event)
+                         no_cache=args.no_cache, pull=args.pull, on_event=progress.event)
     timing_table(env, sys.stderr)
     if args.json:
         print(json.dumps(env.to_json(), indent=2))

@@ -62,14 +62,15 @@ class Orchestrator:
     def __init__(self, suite: Suite, engine: Engine, run_id: str, *, clusters: KindClusters | None = None,
                  reuse: bool = True, keep: bool = False, no_cache: bool = False, max_workers: int = 4,
                  on_event: Listener | None = None, wait_policy: WaitPolicy | None = None,
-                 node_image: str | None = None, ledger: Ledger | None = None, handover: bool = True) -> None:
+                 node_image: str | None = None, ledger: Ledger | None = None, handover: bool = True,
+                 pull: bool = False) -> None:
         self.suite = suite
         self.engine = engine
         self.run_id = run_id
         self.clusters = clusters or KindClusters(engine)
         self.reuse = reuse
         self.keep = keep
-        self.builder = Builder(engine, run_id, suite.name, no_cache=no_cache)
+        self.builder = Builder(engine, run_id, suite.name, no_cache=no_cache, pull=pull)
         self.loader = Loader(engine)
         self.max_workers = max_workers
         self.on_event = on_event

@@ -12,6 +12,7 @@ option                     environment             ini key             meaning
 ``--kti-keep-cluster``     ``KTI_KEEP=1``          ``kti_keep``        keep the environment at the end
 ``--kti-keep-on-failure``  ``KTI_KEEP_ON_FAILURE`` ``kti_keep_on_fa…`` keep it when set-up or a test fails
 ``--kti-no-cache``         ``KTI_NO_CACHE=1``      ``kti_no_cache``    never reuse images or the build cache
+``--kti-pull``             ``KTI_PULL=1``          ``kti_pull``        pull every base image before digesting
 ========================== ======================= =================== =====================================
 
 Fixtures: ``kti_run_id`` (one id for every xdist worker), ``kti_engine``, ``kti_env`` (the suite's
@@ -66,9 +67,10 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "kti_keep": ("KTI_KEEP", "kti_keep", "bool"),
     "kti_keep_on_failure": ("KTI_KEEP_ON_FAILURE", "kti_keep_on_failure", "bool"),
     "kti_no_cache": ("KTI_NO_CACHE", "kti_no_cache", "bool"),
+    "kti_pull": ("KTI_PULL", "kti_pull", "bool"),
 }
 _DEFAULTS: dict[str, Any] = {"kti_reuse": True, "kti_keep": False, "kti_keep_on_failure": False,
-                             "kti_no_cache": False}
+                             "kti_no_cache": False, "kti_pull": False}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -88,6 +90,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="keep it when set-up or a test fails, for inspection ($KTI_KEEP_ON_FAILURE=1)")
     group.addoption("--kti-no-cache", dest="kti_no_cache", action="store_true", default=None,
                     help="never reuse images or the build cache ($KTI_NO_CACHE=1)")
+    group.addoption("--kti-pull", dest="kti_pull", action="store_true", default=None,
+                    help="pull every base image before digesting ($KTI_PULL=1)")
     for dest, (env, ini, kind) in OPTIONS.items():
         text = f"kubetest-infra: default of --{dest.replace('_', '-')} (${env})"
         if kind == "bool":
@@ -210,7 +214,7 @@ def kti_env(pytestconfig: pytest.Config, kti_engine: Engine) -> Environment:
                 env = session.up(run_id=option(pytestconfig, "kti_run_id"), reuse=option(pytestconfig, "kti_reuse"),
                                  keep_env=option(pytestconfig, "kti_keep"),
                                  keep_on_failure=option(pytestconfig, "kti_keep_on_failure"),
-                                 no_cache=option(pytestconfig, "kti_no_cache"),
+                                 no_cache=option(pytestconfig, "kti_no_cache"), pull=option(pytestconfig, "kti_pull"),
                                  on_event=lambda task, ev, s: print(f"[kti] {task}: {ev} {s:.1f}s", file=sys.stderr))
             except KtiError as exc:
                 (shared / FAILED).write_text(str(exc))

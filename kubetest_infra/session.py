@@ -112,7 +112,7 @@ class Session:
     def up(self, *, run_id: str | None = None, reuse: bool = True, keep_env: bool = True,
            keep_on_failure: bool = False, no_cache: bool = False, on_event: Listener | None = None,
            wait_policy: WaitPolicy | None = None, node_image: str | None = None,
-           max_workers: int = 4, handover: bool = True) -> Environment:
+           max_workers: int = 4, handover: bool = True, pull: bool = False) -> Environment:
         """Bring the suite up or attach to it; see the module docstring.
 
         ``keep_env``: the environment outlives this session (``kti up``); otherwise this session removes
@@ -139,7 +139,8 @@ class Session:
             ledger = Ledger(self.clusters.state_dir, self.key, chosen, self.suite.name, self.owner)
             orch = Orchestrator(self.suite, self.engine, chosen, clusters=self.clusters, reuse=reuse,
                                 keep=keep_on_failure, no_cache=no_cache, on_event=on_event, wait_policy=wait_policy,
-                                node_image=node_image, max_workers=max_workers, ledger=ledger, handover=handover)
+                                node_image=node_image, max_workers=max_workers, ledger=ledger, handover=handover,
+                                pull=pull)
             try:
                 env = replace(orch.up(), plan=self.plan_digest(chosen))
             except BaseException:

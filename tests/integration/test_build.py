@@ -195,6 +195,21 @@ def test_failing_run_step_carries_the_log_tail_and_leaves_nothing(make_builder: 
     assert marker not in leftover, "an intermediate container of the failed build was left behind"
 
 
+def test_a_failed_rebuild_in_a_warm_run_keeps_the_environments_tag(make_builder: BuilderFactory, engine: Engine,
+                                                                    busybox: str, tmp_path: Path) -> None:
+    """A warm run (same run id) whose rebuild fails must not remove the tag it found: that tag belongs to the
+    running environment, which still deploys that image."""
+    run_id = new_run_id()
+    ctx = write_context(tmp_path / "svc", {"app.txt": f"v1 {token()}\n"}, APP_DOCKERFILE)
+    first = make_builder(run_id=run_id).build(spec_for(ctx, busybox))
+    (ctx / "Dockerfile").write_text(APP_DOCKERFILE + "RUN exit 9\n")
+    with pytest.raises(BuildError):
+        make_builder(run_id=run_id).build(spec_for(ctx, busybox))
+    info = engine.inspect_image(first.ref)
+    assert info is not None, "the environment's tag was removed by a run that did not create it"
+    assert info.id == first.image_id
+
+
 def test_parallel_builds_return_values_and_collect_every_failure(make_builder: BuilderFactory, engine: Engine,
                                                                  busybox: str, tmp_path: Path) -> None:
     specs = [spec_for(write_context(tmp_path / n, {"app.txt": f"{n} {token()}"}, APP_DOCKERFILE), busybox, n)
