@@ -35,7 +35,7 @@ def test_a_task_starts_as_soon_as_its_own_dependencies_finish() -> None:
     result = run_graph(tasks)
     t = {x.id: x for x in result.timings}
     assert t["after-fast"].start < t["slow"].end
-    assert result.seconds < 0.7  # concurrent, not phased
+    assert t["slow"].start < t["fast"].end, "independent tasks run at once, not in phases"
 
 
 def test_failure_cancels_dependants_but_not_independent_tasks() -> None:
