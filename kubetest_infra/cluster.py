@@ -37,7 +37,9 @@ from kubetest_infra.state import Owner, atomic_write, default_state_dir, locked,
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?$")
 _TRANSIENT = ("context deadline exceeded", "connection reset", "tls handshake timeout", "i/o timeout",
-              "failed to get api server endpoint", "etcdserver: request timed out")
+              "failed to get api server endpoint", "etcdserver: request timed out",
+              # slowness, not a wrong config: a loaded machine's kubelet or join can miss kubeadm's deadline
+              "kubelet-wait-bootstrap", "wait-control-plane", "timed out waiting for the condition")
 KIND_ENV = "KTI_KIND"
 CREATED_BY = "kubetest-infra"
 
@@ -266,7 +268,8 @@ class KindClusters:
         args = ["create", "cluster", "--name", config.name, "--config", str(cfg_path), "--kubeconfig",
                 str(kubeconfig), "--wait", self.wait]
         create = retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(self.create_attempts),
-                       wait=wait_fixed(2), reraise=True)(self._kind)
+                       wait=wait_fixed(2), reraise=True,
+                       before_sleep=lambda _: self._delete_nodes(config.name))(self._kind)
         try:
             create(*args, timeout=self.create_timeout)
         except BaseException as exc:  # a failure, a timeout or an interrupt: remove what kind left
@@ -282,12 +285,16 @@ class KindClusters:
         return Cluster(config.name, kubeconfig, tuple(self.nodes(config.name)), self.engine.name, False,
                        time.monotonic() - started, fingerprint)
 
+    def _delete_nodes(self, name: str) -> None:
+        """Delete the nodes a failed ``kind create`` left (kind removes them itself unless it was killed)."""
+        if self._kind("get", "nodes", "--name", name, timeout=60).split():
+            self._kind("delete", "cluster", "--name", name, "--kubeconfig", str(self.kubeconfig_path(name)),
+                       timeout=300)
+
     def _remove_failed(self, name: str) -> None:
         """After a failed or cut-short ``kind create``: delete its nodes (if any) and our files."""
         try:
-            if self._kind("get", "nodes", "--name", name, timeout=60).split():
-                self._kind("delete", "cluster", "--name", name, "--kubeconfig", str(self.kubeconfig_path(name)),
-                           timeout=300)
+            self._delete_nodes(name)
         except KtiError:
             return  # keep the record: the next ensure/delete/gc sees an interrupted creation and finishes it
         self.forget(name)
