@@ -51,6 +51,27 @@ def _disk(label: str, path: str) -> Check:
                  "(try 'kti gc --older-than 1d')", required=False)
 
 
+INOTIFY_MIN = {"max_user_instances": 512, "max_user_watches": 524288}
+
+
+def inotify(proc: Path = Path("/proc/sys/fs/inotify")) -> Check:
+    """kind's known issue: low inotify limits keep a further cluster's kubelet from starting."""
+    low = []
+    for key, want in INOTIFY_MIN.items():
+        try:
+            have = int((proc / key).read_text())
+        except (OSError, ValueError):
+            return Check("inotify limits", True, "not Linux, or not readable: not checked", required=False)
+        if have < want:
+            low.append((key, have, want))
+    if not low:
+        return Check("inotify limits", True, ", ".join(f"{k} >= {v}" for k, v in INOTIFY_MIN.items()),
+                     required=False)
+    return Check("inotify limits", False, "; ".join(f"fs.inotify.{k} = {h} (want {w})" for k, h, w in low),
+                 "several Kind clusters at once exhaust them and a new node's kubelet cannot start: "
+                 + " && ".join(f"sudo sysctl -w fs.inotify.{k}={w}" for k, _, w in low), required=False)
+
+
 def run_checks(engine_name: str | None = None, runner: Runner | None = None) -> list[Check]:
     runner = runner or SubprocessRunner()
     checks: list[Check] = []
@@ -71,4 +92,5 @@ def run_checks(engine_name: str | None = None, runner: Runner | None = None) -> 
     if root and os.path.isdir(root):
         checks.append(_disk("engine storage", root))
     checks.append(_disk("working directory", str(Path.cwd())))
+    checks.append(inotify())
     return checks

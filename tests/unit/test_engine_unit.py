@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,17 @@ def test_secret_build_args_travel_in_the_environment_not_argv() -> None:
     assert "DB_PASSWORD" in argv and "X=1" in argv
     assert not any("hunter2" in a for a in argv)
     assert engine.build_env(req)["DB_PASSWORD"] == "hunter2"
+
+
+def test_doctor_warns_about_low_inotify_limits(tmp_path: Path) -> None:
+    from kubetest_infra.doctor import inotify
+
+    (tmp_path / "max_user_instances").write_text("128\n")
+    (tmp_path / "max_user_watches").write_text("524288\n")
+    check = inotify(tmp_path)
+    assert not check.ok
+    assert not check.required
+    assert "max_user_instances = 128 (want 512)" in check.detail
+    assert "sysctl -w fs.inotify.max_user_instances=512" in check.hint
+    (tmp_path / "max_user_instances").write_text("1024\n")
+    assert inotify(tmp_path).ok
