@@ -26,11 +26,11 @@ cluster:
   node_image: "{node_image}"
   ports: [{{container_port: 30096, host_port: {port}}}]
 images:
-  web: {{context: ./web, build_args: {{BASE_IMAGE: "{base}"}}}}
+  web: {{context: ./web, build_args: {{BASE_IMAGE: "{base}"}}}}{more_images}
 services:
   web:
     manifests: [./web.yaml]
-    ready: {{http: {{port: {port}, path: /index.html}}}}
+    ready: {{http: {{port: {port}, path: /index.html}}}}{more_services}
 """
 DOCKERFILE = """ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
@@ -73,12 +73,21 @@ class Round:
     errors: int
 
 
-def write_suite(root: Path, *, cluster: str, node_image: str, port: int, base: str) -> Path:
-    (root / "web").mkdir(parents=True, exist_ok=True)
-    (root / "web" / "Dockerfile").write_text(DOCKERFILE)
-    (root / "web" / "index.html").write_text("v0\n")
+def write_suite(root: Path, *, cluster: str, node_image: str, port: int, base: str,
+                others: tuple[str, ...] = ()) -> Path:
+    """The suite: service ``web`` (NodePort, HTTP check) and, per name in ``others``, an image and a
+    service of that name (a Deployment of the same server, no Service)."""
+    for name in ("web", *others):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "Dockerfile").write_text(DOCKERFILE)
+        (root / name / "index.html").write_text(f"{name} v0\n" if name != "web" else "v0\n")
     (root / "web.yaml").write_text(MANIFEST)
-    (root / "suite.yaml").write_text(SUITE.format(cluster=cluster, node_image=node_image, port=port, base=base))
+    for name in others:
+        (root / f"{name}.yaml").write_text(MANIFEST.split("---", maxsplit=1)[0].replace("web", name))
+    more_images = "".join(f'\n  {n}: {{context: ./{n}, build_args: {{BASE_IMAGE: "{base}"}}}}' for n in others)
+    more_services = "".join(f"\n  {n}:\n    manifests: [./{n}.yaml]" for n in others)
+    (root / "suite.yaml").write_text(SUITE.format(cluster=cluster, node_image=node_image, port=port, base=base,
+                                                  more_images=more_images, more_services=more_services))
     return root / "suite.yaml"
 
 

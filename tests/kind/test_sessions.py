@@ -211,24 +211,6 @@ def test_a_container_that_exits_at_start_fails_every_time_within_seconds(
     Session(load_suite(suite_file), engine, clusters=clusters).down()
 
 
-TWO_IMAGES = """
-name: stale
-namespace: stale
-cluster:
-  name: {cluster}
-  node_image: "{node_image}"
-  ports: [{{container_port: 30096, host_port: {port}}}]
-images:
-  web: {{context: ./web, build_args: {{BASE_IMAGE: "{base}"}}}}
-  other: {{context: ./other, build_args: {{BASE_IMAGE: "{base}"}}}}
-services:
-  web:
-    manifests: [./web.yaml]
-    ready: {{http: {{port: {port}, path: /index.html}}}}
-  other:
-    manifests: [./other.yaml]
-"""
-
 SESSION_TEST = """
 import json, os, pathlib
 def test_record(kti_env):
@@ -251,13 +233,8 @@ def test_warm_pytest_sessions_rebuild_and_roll_out_only_what_changed(
 
     suite_file, clusters = world
     root = suite_file.parent
-    (root / "other").mkdir()
-    (root / "other" / "Dockerfile").write_text((root / "web" / "Dockerfile").read_text())
-    (root / "other" / "index.html").write_text("other\n")
-    (root / "other.yaml").write_text((root / "web.yaml").read_text().split("---")[0]
-                                     .replace("web", "other"))
-    suite_file.write_text(TWO_IMAGES.format(cluster=CLUSTER, node_image=lab_node_image() or "", port=PORT,
-                                            base=os.environ.get("BUSYBOX_IMAGE", "busybox:1.36")))
+    write_suite(root, cluster=CLUSTER, node_image=lab_node_image() or "", port=PORT,
+                base=os.environ.get("BUSYBOX_IMAGE", "busybox:1.36"), others=("other",))
     kept = Session(load_suite(suite_file), engine, clusters=clusters, command="kti up").up(keep_env=True)
     apps = client.AppsV1Api(api_client(kept.kubeconfig))
 
