@@ -1,9 +1,9 @@
 """What a Dockerfile declares, read without an engine: stages (``FROM … AS name``), base images and ARGs.
 
-Follows the Dockerfile reference where it matters for checks before a build: parser directives
-(``# escape=``), comments, line continuations, here-documents (their bodies are not instructions),
-case-insensitive instructions, ``ARG`` before the first ``FROM`` (the only ARGs a ``FROM`` line can
-use) and BuildKit's automatic platform ARGs. It does not evaluate anything: the engine still builds.
+The text is read by the same lexer the builds use (:mod:`kubetest_infra.buildplan`: parser directives,
+comments, continuations, here-documents), so preflight and the build never disagree on what the file
+says; this module only summarises it for checks that name suite.yaml fields: stages, the ``ARG``s before
+the first ``FROM`` (the only ones a ``FROM`` line can use) and BuildKit's automatic platform ARGs.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from kubetest_infra.buildplan import parse_dockerfile
+
 # Set by BuildKit for every build; usable in FROM without an ARG line.
 AUTOMATIC_ARGS = frozenset({"TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT", "BUILDPLATFORM",
                             "BUILDOS", "BUILDARCH", "BUILDVARIANT"})
-_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
-_HEREDOC = re.compile(r"<<(-?)([\"']?)([A-Za-z_][A-Za-z0-9_]*)\2")
 _VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(:?[-+?][^}]*)?\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
@@ -69,48 +69,13 @@ class Dockerfile:
         return missing
 
 
-def parse(text: str) -> Dockerfile:
-    """Parse Dockerfile text; never raises for content the engine would accept."""
-    lines = text.splitlines()
-    escape = "\\"
-    start = 0
-    for start, raw in enumerate(lines):  # noqa: B007 - parser directives only at the very top
-        m = _DIRECTIVE.match(raw.strip())
-        if not m:
-            break
-        if m.group(1).lower() == "escape" and m.group(2) in ("\\", "`"):
-            escape = m.group(2)
-    else:
-        start = len(lines)
-    instructions: list[Instruction] = []
-    i = start
-    while i < len(lines):
-        first = i
-        stripped = lines[i].strip()
-        i += 1
-        if not stripped or stripped.startswith("#"):
-            continue
-        joined = stripped
-        while joined.endswith(escape) and i < len(lines):
-            joined = joined[: -len(escape)]
-            nxt = lines[i].strip()
-            i += 1
-            if not nxt or nxt.startswith("#"):  # comment and empty lines inside a continuation are dropped
-                joined += escape
-                continue
-            joined += " " + nxt
-        if joined.endswith(escape):
-            joined = joined[: -len(escape)]
-        keyword, _, arguments = joined.partition(" ")
-        instructions.append(Instruction(keyword.upper(), arguments.strip(), first + 1))
-        for heredoc in _HEREDOC.finditer(arguments):  # skip here-document bodies
-            strip_tabs, delimiter = heredoc.group(1) == "-", heredoc.group(3)
-            while i < len(lines):
-                body = lines[i].lstrip("\t") if strip_tabs else lines[i]
-                i += 1
-                if body.rstrip("\r") == delimiter:
-                    break
-    return _summarise(instructions)
+def parse(text: str, source: str = "Dockerfile") -> Dockerfile:
+    """Read Dockerfile text with the builder's own lexer (:func:`buildplan.parse_dockerfile`: directives,
+    continuations, here-documents), then summarise stages and ARGs. Raises ``DockerfileError`` only for
+    text the builders would refuse too."""
+    parsed = parse_dockerfile(text, source)
+    return _summarise([Instruction(i.keyword, " ".join([*(f"--{f}" for f in i.flags), i.args]).strip(), i.line)
+                       for i in parsed.instructions])
 
 
 def _summarise(instructions: list[Instruction]) -> Dockerfile:

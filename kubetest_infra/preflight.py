@@ -33,7 +33,7 @@ from pathlib import Path
 from kubetest_infra import dockerfile
 from kubetest_infra.digest import _walk
 from kubetest_infra.dockerignore import load_matcher
-from kubetest_infra.errors import ConfigError, InputError, Problem
+from kubetest_infra.errors import ConfigError, DockerfileError, InputError, Problem
 from kubetest_infra.render import (
     CLUSTER_SCOPED,
     DriftError,
@@ -180,7 +180,10 @@ def _check_build(f: str, where: str, build: ImageBuild, reading: _Reading, warni
         return [Problem(f, field_name, f"cannot read Dockerfile {df}: {exc.strerror}",
                         f"make it readable by this user (chmod a+r {df}), or point {where}.dockerfile elsewhere")]
     problems: list[Problem] = []
-    parsed = dockerfile.parse(text)
+    try:
+        parsed = dockerfile.parse(text, str(df))
+    except DockerfileError as exc:  # text the builders would refuse (bad directive, open here-document, ...)
+        return [Problem(f, field_name, exc.message, f"{exc.hint} (the file is {where}'s Dockerfile)")]
     if not parsed.stages:
         problems.append(Problem(f, field_name, f"{df} has no FROM instruction",
                                 f"{where} must point at a Dockerfile (FROM IMAGE …)"))

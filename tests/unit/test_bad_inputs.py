@@ -297,6 +297,12 @@ def _no_from(ws: Workspace) -> Action:
     return ws.preflight
 
 
+@case("dockerfile-refused-by-builders")
+def _bad_directive(ws: Workspace) -> Action:
+    ws.write("ctx/Dockerfile", "# escape=x\nFROM busybox:1.36\n")
+    return ws.preflight
+
+
 suite_case("target-unknown", "context: ../../ctx", "context: ../../ctx\n    target: prod")
 
 
