@@ -128,29 +128,41 @@ def load_manifests(paths: Iterable[Path]) -> tuple[list[Obj], list[Source]]:
             text = path.read_text()
         except OSError as exc:
             raise ManifestError(f"cannot read manifest {path}: {exc.strerror}", hint="check the path") from exc
-        try:
-            docs = yamlio.load_all(text)
-        except yamlio.DuplicateKeyError as exc:
-            raise ManifestError(f"{path} (document {exc.document + 1}): {exc.path} is written twice "
-                                f"(lines {exc.first_line} and {exc.second_line})",
-                                hint="YAML would silently keep only the second one: remove or rename one") from exc
-        except yaml.YAMLError as exc:
-            index = text[: _error_offset(exc, text)].count("\n---")
-            raise ManifestError(f"malformed YAML in {path} (document {index + 1}): {exc}",
-                                hint="fix the YAML syntax at the line shown") from exc
-        for index, doc in enumerate(docs):
-            if doc is None:
-                continue
-            src = Source(str(path), index)
-            if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
-                for item in doc.get("items") or []:
-                    _check_object(item, src)
-                    objects.append(item)
-                    sources.append(src)
-                continue
-            _check_object(doc, src)
-            objects.append(doc)
-            sources.append(src)
+        objs, srcs = load_documents(text, str(path))
+        objects.extend(objs)
+        sources.extend(srcs)
+    return objects, sources
+
+
+def load_documents(text: str, file: str, first_index: int = 0) -> tuple[list[Obj], list[Source]]:
+    """Every object of a YAML stream read strictly, as :func:`load_manifests` reads a file; ``file``
+    names where the text came from (a file, or a rendered template), ``first_index`` its first
+    document's index there."""
+    objects: list[Obj] = []
+    sources: list[Source] = []
+    try:
+        docs = yamlio.load_all(text)
+    except yamlio.DuplicateKeyError as exc:
+        raise ManifestError(f"{file} (document {first_index + exc.document + 1}): {exc.path} is written twice "
+                            f"(lines {exc.first_line} and {exc.second_line})",
+                            hint="YAML would silently keep only the second one: remove or rename one") from exc
+    except yaml.YAMLError as exc:
+        index = first_index + text[: _error_offset(exc, text)].count("\n---")
+        raise ManifestError(f"malformed YAML in {file} (document {index + 1}): {exc}",
+                            hint="fix the YAML syntax at the line shown") from exc
+    for index, doc in enumerate(docs, start=first_index):
+        if doc is None:
+            continue
+        src = Source(file, index)
+        if isinstance(doc, dict) and doc.get("kind") == "List" and isinstance(doc.get("items"), list):
+            for item in doc.get("items") or []:
+                _check_object(item, src)
+                objects.append(item)
+                sources.append(src)
+            continue
+        _check_object(doc, src)
+        objects.append(doc)
+        sources.append(src)
     return objects, sources
 
 
@@ -289,11 +301,18 @@ def referenced_images(objects: Iterable[Obj], images: Mapping[str, str], *, matc
 
     Computed from the parsed objects with the rules :func:`render` substitutes by: ``${image:NAME}`` in
     any string value, a container named like an image whose ``image`` is empty or an untagged form of
-    its repository, and ``image_paths``. A service's deploy must wait for the load of each of them.
+    its repository, and ``image_paths``; and a container whose ``image`` already is the exact reference
+    (what a Helm chart or a Kustomize overlay renders when fed the run's references). A service's
+    deploy must wait for the load of each of them.
     """
     objects = list(objects)
     used = placeholder_names(objects) & set(images)
+    by_ref = {ref: name for name, ref in images.items()}
     for obj in objects:
+        for _, container in containers(obj):
+            image = container.get("image")
+            if isinstance(image, str) and image in by_ref:
+                used.add(by_ref[image])
         if match_container_names:
             for _, container in containers(obj):
                 name = container.get("name", "")
