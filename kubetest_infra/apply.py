@@ -178,10 +178,28 @@ class Applier:
                 time.sleep(0.5)
         self.dynamic.resources.invalidate_cache()
 
-    def delete(self, objects: Sequence[Obj], namespace: str | None = None) -> list[str]:
-        """Delete in reverse rank order; missing objects are fine. Returns what was deleted."""
+    def get(self, obj: Obj, namespace: str | None = None) -> Obj | None:
+        """The live object named like ``obj`` (its JSON form), or None when it does not exist."""
+        resource = self._resource(obj)
+        meta = obj.get("metadata") or {}
+        ns = (meta.get("namespace") or namespace) if resource.namespaced else None
+        try:
+            live = _retry(resource.get)(name=meta["name"], namespace=ns)
+        except NotFoundError:
+            return None
+        except DynamicApiError as exc:
+            raise _api_error(obj, exc) from exc
+        out: Obj = live.to_dict()
+        return out
 
-        deleted: list[str] = []
+    def delete(self, objects: Sequence[Obj], namespace: str | None = None, *,
+               wait: float | None = None) -> list[str]:
+        """Delete in reverse rank order; missing objects are fine. Returns what was deleted.
+
+        ``wait``: seconds to wait until every deleted object is gone (a name about to be created again).
+        """
+
+        deleted: list[tuple[Any, str, str | None, Obj]] = []
         for obj in sort_for_delete(objects):
             try:
                 resource = self._resource(obj)
@@ -192,12 +210,27 @@ class Applier:
             try:
                 _retry(resource.delete)(name=meta["name"], namespace=ns,
                                         body={"propagationPolicy": "Background"})
-                deleted.append(describe(obj))
+                deleted.append((resource, meta["name"], ns, obj))
             except NotFoundError:
                 continue
             except DynamicApiError as exc:
                 raise _api_error(obj, exc) from exc
-        return deleted
+        if wait is not None:
+            deadline = time.monotonic() + wait
+            for resource, name, ns, _ in deleted:
+                self._gone(resource, name, ns, deadline, wait)
+        return [describe(obj) for *_, obj in deleted]
+
+    def _gone(self, resource: Any, name: str, namespace: str | None, deadline: float, timeout: float) -> None:
+        while True:
+            try:
+                resource.get(name=name, namespace=namespace)
+            except NotFoundError:
+                return
+            if time.monotonic() > deadline:
+                raise ApplyError(f"{resource.kind}/{namespace}/{name} was not deleted within {timeout:.0f} s",
+                                 hint="check its finalizers and pods")
+            time.sleep(0.3)
 
 
 def resource_apply(dynamic: Any, resource: Any, obj: Obj, namespace: str | None, manager: str) -> Any:
