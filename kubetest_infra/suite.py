@@ -48,7 +48,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from kubetest_infra import yamlio
+from kubetest_infra import values, yamlio
 from kubetest_infra.cluster import ClusterConfig, Mount, PortMapping, validate_cluster_name
 from kubetest_infra.errors import ConfigError, InputError, Problem
 from kubetest_infra.graph import Task, validate
@@ -57,6 +57,8 @@ from kubetest_infra.tags import parse_ref, require_pinned, validate_consumer, va
 _ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RELEASE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+SOURCES = ("manifests", "helm", "kustomize")  # a service has exactly one
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -92,15 +94,34 @@ class HttpCheck:
 
 
 @dataclass(frozen=True)
+class HelmSource:
+    """``services.NAME.helm``: a local chart rendered offline with ``helm template`` (see :mod:`.sources`)."""
+
+    chart: Path  # a chart directory or a packaged .tgz, relative to the suite file
+    release: str
+    values: tuple[Path, ...] = ()  # values files, relative to the suite file, in order
+    set: Mapping[str, str | int | float | bool] = field(default_factory=dict)  # --set keys, applied last
+    namespace: str | None = None  # must be the suite's namespace when given
+    version: str | None = None  # the chart's version must be this one (Chart.yaml)
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
-    manifests: tuple[Path, ...]
+    manifests: tuple[Path, ...]  # empty when the service's source is a chart or an overlay
     depends_on: tuple[str, ...] = ()
     http: HttpCheck | None = None
     tcp_port: int | None = None
     timeout: float | None = None  # seconds
     crash_restarts: int | None = None  # crashes allowed before failing (None: the run's default, 0)
     stable_seconds: float | None = None  # probe-less containers must run this long (None: default, 2 s)
+    helm: HelmSource | None = None
+    kustomize: Path | None = None  # an overlay directory (holding a kustomization), relative to the suite file
+
+    @property
+    def source(self) -> str:
+        """The suite.yaml field of the service's source: ``manifests``, ``helm`` or ``kustomize``."""
+        return "helm" if self.helm is not None else "kustomize" if self.kustomize is not None else "manifests"
 
 
 @dataclass(frozen=True)
@@ -377,6 +398,9 @@ def _read(r: _Reader, raw: Any, path: Path, manifests_root: Path | None) -> Suit
                 if dep not in declared:
                     r.bad(f"services.{svc.name}.depends_on", f"unknown service {dep!r}",
                           f"known services: {', '.join(sorted(declared))}")
+    if name is not None:
+        for svc in services.values():
+            _check_helm(r, name[1], svc, images, externals)
     if ports is not None:  # only against a complete list of mappings
         for svc in services.values():
             _check_ready_ports(r, svc, ports)
@@ -612,16 +636,33 @@ def _service(r: _Reader, name: str, value: Any, root: Path) -> Service:
             suggestion = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-") or "web"
             r.bad(where, f"invalid service name {name!r}",
                   f"a service name is a DNS label: lowercase letters, digits and '-' (e.g. {suggestion})")
-    m = r.mapping(value, where, {"manifests", "depends_on", "ready", "timeout", "crash_restarts", "stable_seconds"},
-                  {"manifests"})
+    m = r.mapping(value, where, {*SOURCES, "depends_on", "ready", "timeout", "crash_restarts", "stable_seconds"})
+    given = [k for k in SOURCES if m.get(k) is not None]
+    if not given:
+        r.bad(where, "no source: the service needs manifests, helm or kustomize",
+              f"add {where}.manifests: [FILE], {where}.helm: {{chart: DIR}} or {where}.kustomize: DIR "
+              "(docs/suites.md)")
+    if len(given) > 1:
+        r.note(where, f"{' and '.join(given)} are both given: a service has exactly one source",
+               f"keep one of {where}.{f', {where}.'.join(given)}; split the service in two (depends_on) for both")
     files: list[Path] = []
+    helm: HelmSource | None = None
+    overlay: Path | None = None
     with r.section():
-        listed = r.strings(m["manifests"], f"{where}.manifests")
-        if not listed:
-            r.bad(f"{where}.manifests", "no manifests", f"list the YAML files of the service in {where}.manifests")
-        for i, rel in enumerate(listed):
-            with r.section():
-                files.append(_manifest_path(r, rel, f"{where}.manifests[{i}]", root))
+        if m.get("manifests") is not None:
+            listed = r.strings(m["manifests"], f"{where}.manifests")
+            if not listed:
+                r.bad(f"{where}.manifests", "no manifests",
+                      f"list the YAML files of the service in {where}.manifests")
+            for i, rel in enumerate(listed):
+                with r.section():
+                    files.append(_manifest_path(r, rel, f"{where}.manifests[{i}]", root))
+    with r.section():
+        if m.get("helm") is not None:
+            helm = _helm(r, m["helm"], f"{where}.helm", name)
+    with r.section():
+        if m.get("kustomize") is not None:
+            overlay = _overlay(r, m["kustomize"], f"{where}.kustomize")
     depends: list[str] = []
     with r.section():
         depends = r.strings(m.get("depends_on"), f"{where}.depends_on")
@@ -643,7 +684,108 @@ def _service(r: _Reader, name: str, value: Any, root: Path) -> Service:
             stable = 0.0 if m["stable_seconds"] == 0 else r.duration(m["stable_seconds"], f"{where}.stable_seconds")
     if not r.clean_since(count):
         raise _Bad
-    return Service(name, tuple(files), tuple(depends), http, tcp, timeout, crash_restarts, stable)
+    return Service(name, tuple(files), tuple(depends), http, tcp, timeout, crash_restarts, stable, helm, overlay)
+
+
+def _helm(r: _Reader, value: Any, where: str, service: str) -> HelmSource:
+    m = r.mapping(value, where, {"chart", "release", "values", "set", "namespace", "version"}, {"chart"})
+    count = len(r.problems)
+    chart: Path | None = None
+    release = service
+    files: list[Path] = []
+    sets: dict[str, str | int | float | bool] = {}
+    namespace = version = None
+    with r.section():
+        chart = _suite_path(r, r.string(m["chart"], f"{where}.chart"), f"{where}.chart")
+        if chart.is_dir() and not (chart / "Chart.yaml").is_file():
+            r.bad(f"{where}.chart", f"{chart} is a directory without Chart.yaml: not a chart",
+                  f"point {where}.chart at the chart's directory (the one holding Chart.yaml) or at a packaged .tgz")
+        if chart.is_file() and not chart.name.endswith((".tgz", ".tar.gz")):
+            r.bad(f"{where}.chart", f"{chart} is a file but not a packaged chart (.tgz)",
+                  f"point {where}.chart at a chart directory or at the .tgz `helm package` wrote")
+    with r.section():
+        if m.get("release") is not None:
+            release = r.string(m["release"], f"{where}.release")
+            if not _RELEASE.match(release) or len(release) > 53:
+                r.bad(f"{where}.release", f"invalid release name {release!r}",
+                      "a Helm release name is at most 53 lowercase letters, digits, '-' and '.', starting and ending "
+                      f"with a letter or digit (default: the service name, {service})")
+    with r.section():
+        for i, rel in enumerate(r.strings(m.get("values"), f"{where}.values")):
+            with r.section():
+                path = _suite_path(r, rel, f"{where}.values[{i}]")
+                if not path.is_file():
+                    r.bad(f"{where}.values[{i}]", f"{path} is not a file", f"{where}.values lists values files")
+                files.append(path)
+    with r.section():
+        for key, val in r.named(m.get("set"), f"{where}.set", "{image.tag: \"${image.tag:NAME}\"}").items():
+            at = f"{where}.set.{key}"
+            with r.section():
+                try:
+                    values.parse_key(key)
+                except values.ValuesError as exc:
+                    r.bad(at, str(exc), f"write the keys of {where}.set as helm --set keys (image.tag, a\\.b, l[0])")
+                if isinstance(val, (bool, int, float)):
+                    sets[key] = val
+                elif isinstance(val, str):
+                    sets[key] = r.string(val, at)
+                else:
+                    r.bad(at, f"expected a string, number or boolean, got {_kind(val)}",
+                          f"write lists and mappings in a values file ({where}.values), not in {where}.set")
+    with r.section():
+        namespace = r.optional_string(m.get("namespace"), f"{where}.namespace")
+    with r.section():
+        version = r.optional_string(m.get("version"), f"{where}.version")
+    if not r.clean_since(count) or chart is None:
+        raise _Bad
+    return HelmSource(chart, release, tuple(files), sets, namespace, version)
+
+
+KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+
+
+def _overlay(r: _Reader, value: Any, where: str) -> Path:
+    path = _suite_path(r, r.string(value, where), where)
+    if not path.is_dir():
+        r.bad(where, f"{path} is not a directory", f"{where} is the directory holding a kustomization.yaml")
+    if not any((path / k).is_file() for k in KUSTOMIZATIONS):
+        r.bad(where, f"{path} holds no kustomization.yaml", f"point {where} at a Kustomize overlay or base directory")
+    return path
+
+
+def _suite_path(r: _Reader, rel: str, where: str) -> Path:
+    """A path relative to the suite file, which must exist."""
+    path = (r.path.parent / rel).resolve()
+    if not path.exists():
+        r.bad(where, f"{path} does not exist", f"{where} is relative to the suite file ({r.path.parent})")
+    return path
+
+
+def _check_helm(r: _Reader, suite_namespace: str, svc: Service, images: Mapping[str, ImageBuild],
+                externals: Mapping[str, ExternalImage]) -> None:
+    """What needs the whole file: placeholders of helm.set name declared images; the namespace is the suite's."""
+    if svc.helm is None:
+        return
+    where = f"services.{svc.name}.helm"
+    known = [*images, *externals]
+    for key, val in svc.helm.set.items():
+        for p in values.placeholders(val) if isinstance(val, str) else []:
+            with r.section():
+                why = values.check_placeholder(p, known)
+                if why:
+                    r.bad(f"{where}.set.{key}", why, f"declare {p.name} under images: or external_images:, or fix "
+                          "the placeholder")
+                if p.part == "digest" and (p.name in images or parse_ref(externals[p.name].ref).digest is None):
+                    ref = "is built by the run (loaded by tag)" if p.name in images else \
+                        f"is {externals[p.name].ref} (no digest)"
+                    r.bad(f"{where}.set.{key}", f"{p.text}: image {p.name} {ref}, so it has no digest",
+                          f"use ${{image.tag:{p.name}}} (and ${{image.repository:{p.name}}}) for it")
+    with r.section():
+        if svc.helm.namespace is not None and svc.helm.namespace != suite_namespace:
+            r.bad(f"{where}.namespace", f"{svc.helm.namespace!r} is not the suite's namespace {suite_namespace!r}: the "
+                  "run deploys into, waits for and removes its own namespace only",
+                  f"remove {where}.namespace (the chart is rendered with --namespace {suite_namespace}), or make "
+                  f"{svc.helm.namespace} the suite's namespace (namespace: at the top)")
 
 
 def _manifest_path(r: _Reader, rel: str, where: str, root: Path) -> Path:
