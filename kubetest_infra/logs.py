@@ -7,7 +7,7 @@ from typing import Any
 from kubernetes import client
 
 from kubetest_infra.errors import ConfigError
-from kubetest_infra.render import load_manifests
+from kubetest_infra.sources import load
 from kubetest_infra.state import Environment
 from kubetest_infra.suite import Suite
 from kubetest_infra.workloads import WORKLOADS, read_workload, selector_for
@@ -20,7 +20,7 @@ def service_logs(env: Environment, suite: Suite, service: str, tail: int = 200) 
                           hint=f"services: {', '.join(sorted(suite.services))}")
     api = env.api_client()
     core: Any = client.CoreV1Api(api)
-    objs, _ = load_manifests(suite.services[service].manifests)
+    objs = load(suite, suite.services[service], env.images).objects  # a chart's hook Jobs included
     out: list[str] = []
     for obj in objs:
         kind, name = str(obj["kind"]), str(obj["metadata"]["name"])

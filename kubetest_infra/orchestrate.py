@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -30,8 +30,9 @@ from typing import Any
 
 from kubernetes import client
 
+from kubetest_infra import hooks, sources
 from kubetest_infra import preflight as pre
-from kubetest_infra.apply import Applier
+from kubetest_infra.apply import Applied, Applier
 from kubetest_infra.build import LABEL_DIGEST, Builder, BuildSpec, BuiltImage
 from kubetest_infra.cluster import Cluster, KindClusters
 from kubetest_infra.diagnostics import collect
@@ -43,7 +44,6 @@ from kubetest_infra.kube import api_client
 from kubetest_infra.kubewatch import Informer
 from kubetest_infra.load import Loader
 from kubetest_infra.probes import ServiceCheckError, wait_http, wait_tcp
-from kubetest_infra.render import load_manifests, render
 from kubetest_infra.state import Environment, Item, Ledger, Owner
 from kubetest_infra.suite import Service, Suite
 from kubetest_infra.teardown import remove_items
@@ -86,6 +86,7 @@ class Orchestrator:
         self._applier_obj: Applier | None = None
         self._informer: Informer | None = None
         self._plan: pre.Plan | None = None
+        self._caps: sources.Capabilities | None = None
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
 
@@ -245,14 +246,10 @@ class Orchestrator:
         images = {k.split(":", 1)[1]: v.ref for k, v in deps.items() if k.startswith("load:")}
         cluster: Cluster = deps["cluster"]
         api = self._api_client(cluster)
-        objs, srcs = load_manifests(svc.manifests)
+        applier = self._applier(cluster)
+        loaded = sources.load(self.suite, svc, images, capabilities=self._capabilities(svc, cluster))
         ids = {v.ref: v.image_id for k, v in deps.items() if k.startswith("load:")}
-        rendered = render(objs, srcs, images, image_ids=ids, namespace=self.suite.namespace)
-        applied = self._applier(cluster).apply(list(rendered.objects), namespace=self.suite.namespace)
-        targets = [Target(o["kind"], o["metadata"]["name"], self.suite.namespace)
-                   for o in rendered.objects if is_waitable(o)]
-        versions = {Target(a.kind, a.name, a.namespace or self.suite.namespace): (a.uid, a.generation)
-                    for a in applied}
+        rendered = loaded.render(images, image_ids=ids, namespace=self.suite.namespace)
         diag_dir = Path(cluster.kubeconfig).parent / "diagnostics"
         export = partial(self.clusters.export_logs, cluster.name) if os.environ.get(EXPORT_LOGS_ENV) == "1" else None
         informer = self._informer_for(cluster)
@@ -261,7 +258,20 @@ class Orchestrator:
                         diagnose=lambda ts, why: str(collect(api, ts, why, diag_dir, nodes=cluster.nodes,
                                                              node_images=self.clusters.node_images,
                                                              kind_export=export)))
-        waiter.wait(targets, versions)
+        targets: list[Target] = []
+
+        def apply_and_wait(objects: Sequence[dict[str, Any]]) -> list[Applied]:
+            """One phase (a chart's hook, or every object of the service): apply, then wait for it."""
+            applied = applier.apply(list(objects), namespace=self.suite.namespace)
+            phase = [Target(o["kind"], o["metadata"]["name"], self.suite.namespace) for o in objects if is_waitable(o)]
+            versions = {Target(a.kind, a.name, a.namespace or self.suite.namespace): (a.uid, a.generation)
+                        for a in applied}
+            waiter.wait(phase, versions)
+            targets.extend(phase)
+            return applied
+
+        release = hooks.Release(applier, self.suite.namespace, loaded.release, apply_and_wait)
+        release.run(hooks.plan(rendered.objects, loaded.hooks, release.record()))
         if self.handover:
             self._hand_over(informer, targets, cluster)
         deadline = time.monotonic() + (svc.timeout or 120)
@@ -277,6 +287,16 @@ class Orchestrator:
                      cancelled=self._cancelled)
             return f"tcp://127.0.0.1:{svc.tcp_port}"
         return None
+
+    def _capabilities(self, svc: Service, cluster: Cluster) -> sources.Capabilities | None:
+        """The cluster's version and API versions for ``helm template`` (asked once per run)."""
+        if svc.helm is None:
+            return None
+        if self._caps is None:
+            caps = sources.cluster_capabilities(self._api_client(cluster), self._applier(cluster).dynamic)
+            with self._lock:
+                self._caps = self._caps or caps
+        return self._caps
 
     def _hand_over(self, informer: Informer, targets: list[Target], cluster: Cluster) -> None:
         """Traffic reaches only the current pods of each long-running workload (see :mod:`.handover`)."""
@@ -298,9 +318,9 @@ class Orchestrator:
             wait_handover(informer, t.namespace, mine, selected, deadline=deadline, dataplane=dataplane)
 
 
-def service_workloads(service: Service) -> list[tuple[str, str]]:
-    """(kind, name) of the workloads a service's manifests define."""
-    objs, _ = load_manifests(service.manifests)
+def service_workloads(suite: Suite, service: Service, images: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(kind, name) of the workloads a service's source defines (``images``: name → the run's reference)."""
+    objs = sources.load(suite, service, images).objects
     return [(str(o["kind"]), str(o["metadata"]["name"])) for o in objs if str(o.get("kind")) in WORKLOADS]
 
 

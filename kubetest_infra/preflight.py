@@ -30,17 +30,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubetest_infra import dockerfile
+from kubetest_infra import dockerfile, sources
 from kubetest_infra.digest import _walk
 from kubetest_infra.dockerignore import load_matcher
 from kubetest_infra.errors import ConfigError, DockerfileError, InputError, Problem
 from kubetest_infra.render import (
     CLUSTER_SCOPED,
     DriftError,
-    ManifestError,
     Obj,
     Source,
-    load_manifests,
     namespace_problems,
     placeholder_names,
     referenced_images,
@@ -82,7 +80,7 @@ def local_refs(suite: Suite, run_id: str, registry: str = DEFAULT_REGISTRY) -> d
 
 def check_suite(suite: Suite, run_id: str | None = None, *, euid: int | None = None,
                 unprivileged_port_start: int | None = None, buildkit: bool = True,
-                env: Mapping[str, str] | None = None) -> Plan:
+                env: Mapping[str, str] | None = None, tools: sources.Tools | None = None) -> Plan:
     """:func:`check` with the references a run of ``run_id`` would plan: what ``kti up`` and the pytest
     plugin call right after :func:`~kubetest_infra.suite.load_suite`, before the engine is asked
     anything or a lock or state file exists. Without a run id (it is chosen later, under the
@@ -92,19 +90,20 @@ def check_suite(suite: Suite, run_id: str | None = None, *, euid: int | None = N
     """
     run = run_id or (os.environ if env is None else env).get(RUN_ID_ENV) or PREFLIGHT_RUN_ID
     return check(suite, planned_refs(suite, run), allowed_refs=local_refs(suite, run).values(), euid=euid,
-                 unprivileged_port_start=unprivileged_port_start, buildkit=buildkit, env=env)
+                 unprivileged_port_start=unprivileged_port_start, buildkit=buildkit, env=env, tools=tools)
 
 
 def check(suite: Suite, planned: Mapping[str, str], *, allowed_refs: Iterable[str] = (),
           euid: int | None = None, unprivileged_port_start: int | None = None, buildkit: bool = True,
-          env: Mapping[str, str] | None = None) -> Plan:
+          env: Mapping[str, str] | None = None, tools: sources.Tools | None = None) -> Plan:
     """Check everything knowable without an engine or a cluster; raise :class:`PreflightError` with
     every problem, or return the :class:`Plan`.
 
     ``planned``: image name → reference the run will produce (:func:`planned_refs`); ``allowed_refs``:
     further local references it may load (:func:`local_refs`). ``euid`` (the user the run acts as;
     default this process, whose reads are judged by ``os.access``), ``unprivileged_port_start`` and
-    ``env`` default to this machine's.
+    ``env`` default to this machine's. ``tools``: how charts and overlays are rendered
+    (:class:`~kubetest_infra.sources.Tools`; default: ``helm``/``kubectl`` of this machine).
     """
     problems: list[Problem] = []
     warnings: list[str] = []
@@ -117,15 +116,15 @@ def check(suite: Suite, planned: Mapping[str, str], *, allowed_refs: Iterable[st
     loaded: dict[str, tuple[list[Obj], list[Source]]] = {}
     unread = False
     for svc in suite.services.values():
-        objs, srcs, found = _read_manifests(f, svc)
+        read, found = _read_service(suite, svc, planned, tools)
         problems.extend(found)
         unread = unread or bool(found)
-        loaded[svc.name] = (objs, srcs)
-    references: dict[str, frozenset[str]] = {}
-    for svc in suite.services.values():
-        objs, srcs = loaded[svc.name]
-        problems.extend(_check_objects(suite, svc, objs, srcs, planned=planned, allowed_refs=allowed))
-        references[svc.name] = frozenset(referenced_images(objs, planned))
+        loaded[svc.name] = (list(read.objects), list(read.sources)) if read else ([], [])
+        if read is not None:
+            warnings.extend(read.warnings)
+            problems.extend(_check_objects(suite, svc, read, planned=planned, allowed_refs=allowed))
+    references = {svc.name: frozenset(referenced_images(loaded[svc.name][0], planned))
+                  for svc in suite.services.values()}
     problems.extend(_check_duplicates(suite, loaded))
     if not unread:  # only against every object of the suite
         problems.extend(_check_node_ports(suite, loaded))
@@ -274,46 +273,28 @@ def _check_overrides(suite: Suite, env: Mapping[str, str]) -> list[Problem]:
 
 
 # -- manifests ---------------------------------------------------------------------------------
-def _read_manifests(f: str, svc: Service) -> tuple[list[Obj], list[Source], list[Problem]]:
-    objs: list[Obj] = []
-    srcs: list[Source] = []
-    problems: list[Problem] = []
-    for i, path in enumerate(svc.manifests):
-        try:
-            o, s = load_manifests([path])
-        except ManifestError as exc:
-            problems.append(Problem(f, f"services.{svc.name}.manifests[{i}]", exc.message, exc.hint))
-            continue
-        objs.extend(o)
-        srcs.extend(s)
-    if not objs and not problems:
-        shown = ", ".join(str(p) for p in svc.manifests)
-        problems.append(Problem(f, f"services.{svc.name}.manifests", f"the manifests of service {svc.name} hold no "
-                                f"object ({shown}): it would be 'ready' with nothing applied",
-                                f"put the service's objects in those files, or fix services.{svc.name}.manifests"))
-    return objs, srcs, problems
+def _read_service(suite: Suite, svc: Service, planned: Mapping[str, str], tools: sources.Tools | None
+                  ) -> tuple[sources.Loaded | None, list[Problem]]:
+    """A service's objects through the one seam (:func:`.sources.load`), its problems as values."""
+    try:
+        return sources.load(suite, svc, planned, tools=tools), []
+    except InputError as exc:
+        return None, list(exc.problems)
+    except ConfigError as exc:  # a missing helm or kubectl
+        return None, [Problem(str(suite.path), sources.field_of(svc), exc.message, exc.hint)]
 
 
-def _field_of(svc: Service, src: Source) -> str:
-    path = Path(src.file)
-    for i, listed in enumerate(svc.manifests):
-        if path == listed or listed in path.parents:
-            return f"services.{svc.name}.manifests[{i}]"
-    return f"services.{svc.name}.manifests"
-
-
-def _check_objects(suite: Suite, svc: Service, objs: list[Obj], srcs: list[Source], *, planned: Mapping[str, str],
+def _check_objects(suite: Suite, svc: Service, read: sources.Loaded, *, planned: Mapping[str, str],
                    allowed_refs: Iterable[str]) -> list[Problem]:
-    if not objs:
-        return []
+    objs, srcs = list(read.objects), list(read.sources)
     f = str(suite.path)
     problems: list[Problem] = []
     for wrong in namespace_problems(objs, srcs, suite.namespace):
-        problems.append(Problem(f, _field_of(svc, wrong.source), wrong.message, wrong.hint))
+        problems.append(Problem(f, sources.field_of(svc, wrong.source), wrong.message, wrong.hint))
     unknown = sorted(placeholder_names(objs) - set(planned))
     for name in unknown:
-        where = next((_field_of(svc, s) for o, s in zip(objs, srcs, strict=True)
-                      if name in placeholder_names([o])), f"services.{svc.name}.manifests")
+        where = next((sources.field_of(svc, s) for o, s in zip(objs, srcs, strict=True)
+                      if name in placeholder_names([o])), sources.field_of(svc))
         problems.append(Problem(f, where, f"${{image:{name}}} names no image of the suite "
                                 f"(declared: {', '.join(sorted(planned)) or 'none'})",
                                 f"declare {name} under images: or external_images: in the suite file, or fix the "
@@ -322,10 +303,10 @@ def _check_objects(suite: Suite, svc: Service, objs: list[Obj], srcs: list[Sourc
     try:
         render(objs, srcs, {**planned, **stand_in}, allowed_refs=[*allowed_refs, _UNKNOWN_IMAGE])
     except DriftError as exc:
-        for message in exc.problems:
+        explained = read.explain(exc, planned)
+        for message in explained.problems:
             src = next((s for s in srcs if message.startswith(str(s))), None)
-            problems.append(Problem(f, _field_of(svc, src) if src else f"services.{svc.name}.manifests", message,
-                                    exc.hint))
+            problems.append(Problem(f, sources.field_of(svc, src), message, explained.hint))
     return problems
 
 
@@ -346,7 +327,7 @@ def _check_duplicates(suite: Suite, loaded: Mapping[str, tuple[list[Obj], list[S
             key = _identity(obj, suite.namespace)
             if key in first:
                 other_svc, other_src = first[key]
-                problems.append(Problem(f, f"services.{svc_name}.manifests",
+                problems.append(Problem(f, sources.field_of(suite.services[svc_name]),
                                         f"{key[1]}/{key[3]} in {src} is also declared in {other_src} "
                                         f"(service {other_svc})",
                                         "declare each object once: remove one, or rename it; a file shared by two "

@@ -35,6 +35,7 @@ from kubetest_infra.engine import Engine
 from kubetest_infra.errors import KtiError
 from kubetest_infra.graph import Listener
 from kubetest_infra.orchestrate import Orchestrator
+from kubetest_infra.sources import input_files
 from kubetest_infra.state import (
     Environment,
     EnvironmentStore,
@@ -94,12 +95,14 @@ class Session:
         return (owner.pid, owner.start, owner.host) == (self.owner.pid, self.owner.start, self.owner.host)
 
     def plan_digest(self, run_id: str) -> str:
-        """A digest of everything that decides what the environment runs: suite, manifests, image inputs."""
+        """A digest of everything that decides what the environment runs: suite, the services' sources
+        (manifests; a chart's files and values files; an overlay's files and its bases'), image inputs."""
         h = hashlib.sha256(self.suite.path.read_bytes())
         for svc in sorted(self.suite.services.values(), key=lambda s: s.name):
-            for path in svc.manifests:
-                for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
-                    h.update(f.read_bytes())
+            for f in input_files(svc):
+                if svc.source != "manifests":
+                    h.update(str(f).encode())  # a renamed template or values file renders differently
+                h.update(f.read_bytes())
         builder = Builder(self.engine, run_id, self.suite.name)
         specs = {n: (i.context, i.dockerfile, i.build_args, i.target) for n, i in self.suite.images.items()}
         specs.update({n: (e.build.context, e.build.dockerfile, e.build.build_args, e.build.target)
