@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from kubetest_infra.engine import get_engine
 from kubetest_infra.errors import KtiError
 from kubetest_infra.runner import Runner, SubprocessRunner
+from kubetest_infra.sources import HELM_ENV, HELM_HINT, KUBECTL_ENV, KUBECTL_HINT
 
 MIN_FREE_GB = 10.0
 
@@ -29,14 +31,26 @@ def _version(runner: Runner, argv: list[str]) -> str:
     except KtiError:
         return ""
     text = (result.stdout or result.stderr).strip()
-    return text.splitlines()[0] if text else ""
+    return ", ".join(line.strip() for line in text.splitlines()[:2]) if text else ""
 
 
-def _tool(runner: Runner, name: str, argv: list[str], hint: str, required: bool) -> Check:
-    path = shutil.which(name)
-    if path is None:
-        return Check(name, False, "not found on PATH", hint, required)
-    return Check(name, True, f"{path}: {_version(runner, argv) or 'version unknown'}", required=required)
+def _tool(runner: Runner, name: str, args: list[str], *, variable: str | None, hint: str, required: bool = False,
+          env: Mapping[str, str] | None = None) -> Check:
+    """A tool as the library finds it: ``$variable`` when set, else ``name`` on PATH; with its version."""
+    env = os.environ if env is None else env
+    explicit = env.get(variable) if variable else None
+    if explicit:
+        if not (Path(explicit).is_file() and os.access(explicit, os.X_OK)):
+            return Check(name, False, f"${variable}={explicit} is not an executable file", hint, required)
+        path, how = explicit, f"${variable}"
+    else:
+        found = shutil.which(name, path=env.get("PATH"))
+        if found is None:
+            unset = f" (${variable} not set)" if variable else ""
+            return Check(name, False, f"not found on PATH{unset}", hint, required)
+        path, how = found, "PATH"
+    return Check(name, True, f"{path} ({how}): {_version(runner, [path, *args]) or 'version unknown'}",
+                 required=required)
 
 
 def _disk(label: str, path: str) -> Check:
@@ -72,7 +86,8 @@ def inotify(proc: Path = Path("/proc/sys/fs/inotify")) -> Check:
                  + " && ".join(f"sudo sysctl -w fs.inotify.{k}={w}" for k, _, w in low), required=False)
 
 
-def run_checks(engine_name: str | None = None, runner: Runner | None = None) -> list[Check]:
+def run_checks(engine_name: str | None = None, runner: Runner | None = None,
+               env: Mapping[str, str] | None = None) -> list[Check]:
     runner = runner or SubprocessRunner()
     checks: list[Check] = []
     root = ""
@@ -84,11 +99,15 @@ def run_checks(engine_name: str | None = None, runner: Runner | None = None) -> 
         checks.append(Check("engine", True, f"{info.name} {info.version}, {builder}"))
     except KtiError as exc:
         checks.append(Check("engine", False, exc.message, exc.hint))
-    checks.append(_tool(runner, "kind", ["kind", "version"],
-                        "install kind (go install sigs.k8s.io/kind@v0.30.0; here: hack/lab/build)", False))
-    checks.append(_tool(runner, "kubectl", ["kubectl", "version", "--client"],
-                        "install kubectl (here the lab builds one: hack/lab/build)", False))
-    checks.append(_tool(runner, "git", ["git", "--version"], "install git for image provenance labels", False))
+    checks.append(_tool(runner, "kind", ["version"], variable="KTI_KIND", env=env,
+                        hint="install kind (go install sigs.k8s.io/kind@v0.30.0; here: hack/lab/build) or set "
+                        "$KTI_KIND to its path"))
+    checks.append(_tool(runner, "kubectl", ["version", "--client"], variable=KUBECTL_ENV, env=env,
+                        hint=f"{KUBECTL_HINT} (Kustomize overlays need it)"))
+    checks.append(_tool(runner, "helm", ["version", "--short"], variable=HELM_ENV, env=env,
+                        hint=f"{HELM_HINT} (Helm charts need it)"))
+    checks.append(_tool(runner, "git", ["--version"], variable=None, env=env,
+                        hint="install git for image provenance labels"))
     if root and os.path.isdir(root):
         checks.append(_disk("engine storage", root))
     checks.append(_disk("working directory", str(Path.cwd())))
