@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from kubetest_infra.cleanup import parse_age, remove_run_images
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import KtiError
 from kubetest_infra.preflight import Plan, check_suite
+from kubetest_infra.sources import Tools
 from kubetest_infra.suite import Suite, load_suite
 from tests.fakes import RecordingRunner
 
@@ -133,6 +135,53 @@ FROM busybox:1.36 AS final
 COPY hello.txt /hello.txt
 """
 
+CHART = {
+    "chart/Chart.yaml": "apiVersion: v2\nname: web\nversion: 0.1.0\nappVersion: \"0.1.0\"\n",
+    "chart/values.yaml": "image:\n  repository: localhost/app\n  tag: \"0.1.0\"\n",
+    "chart/templates/web.yaml": WEB.replace("${image:app}",
+                                            "\"{{ .Values.image.repository }}:{{ .Values.image.tag }}\""),
+}
+WEB_HELM = """\
+  web:
+    helm:
+      chart: ../../chart
+      set: {image.repository: "${image.repository:app}", image.tag: "${image.tag:app}"}
+"""
+# What helm v3.16.3 answered for the chart above (`helm template web ./chart --namespace s --include-crds
+# --skip-tests --values -`), recorded: the unit tier runs no helm (tests/kind/test_sources.py runs it).
+HELM_DEFAULT_TAG = """---
+# Source: web/templates/web.yaml
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 8080, nodePort: 30080}]
+---
+# Source: web/templates/web.yaml
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: "localhost/app:0.1.0"
+"""
+HELM_PARSE_ERROR = """Error: parse error at (web/templates/web.yaml:19): function "nope" not defined
+
+Use --debug flag to render out invalid YAML
+"""
+OVERLAY = {
+    "kustomize/base/kustomization.yaml": "resources: [web.yaml]\n",
+    "kustomize/base/web.yaml": WEB,
+    "kustomize/overlay/kustomization.yaml": "resources: [../base]\n",
+}
+
 
 @dataclass
 class Workspace:
@@ -141,6 +190,7 @@ class Workspace:
     env: dict[str, str] = field(default_factory=dict)
     names: str | None = "suite.yaml"  # the file the error must name (None: not about a file)
     runner: RecordingRunner | None = None
+    tools: Tools | None = None  # how charts and overlays render (None: the machine's helm and kubectl)
     changes: list[tuple[str, ...]] = field(default_factory=list)  # commands beyond read-only queries
 
     def create(self) -> None:
@@ -171,7 +221,27 @@ class Workspace:
     def preflight(self) -> Plan:
         """What `kti up` does before it starts anything: read the suite, then preflight."""
         suite = self.load()
-        return check_suite(suite, RUN, euid=self.euid, unprivileged_port_start=1024, env=self.env)
+        return check_suite(suite, RUN, euid=self.euid, unprivileged_port_start=1024, env=self.env, tools=self.tools)
+
+    def chart(self, helm_answer: tuple[int, str, str] | None = (0, HELM_DEFAULT_TAG, "")) -> None:
+        """Service web from a chart; ``helm template`` answered by a recording runner (None: no helm at all)."""
+        for rel, text in CHART.items():
+            self.write(rel, text)
+        self.suite("  web:\n    manifests: [s/web.yaml]\n", WEB_HELM)
+        if helm_answer is None:
+            self.tools = Tools(env={"PATH": str(self.root / "ctx")})  # a PATH without helm
+            return
+        code, out, err = helm_answer
+        self.runner = RecordingRunner().on(["/opt/helm", "template"], code, out.replace("0.1.0", "s-run1"), err)
+        self.tools = Tools(self.runner, helm_path="/opt/helm")
+
+    def overlay(self, kubectl: bool = True) -> None:
+        """Service web from a Kustomize overlay (cases that never reach kubectl)."""
+        for rel, text in OVERLAY.items():
+            self.write(rel, text)
+        self.suite("  web:\n    manifests: [s/web.yaml]\n", "  web:\n    kustomize: ../../kustomize/overlay\n")
+        self.tools = Tools(RecordingRunner(), kubectl_path="/opt/kubectl") if kubectl else \
+            Tools(env={"PATH": str(self.root / "ctx")})
 
     def engine(self, images: list[dict[str, Any]]) -> Engine:
         """An engine whose runner answers the image listing and inspection, and records everything."""
@@ -457,6 +527,160 @@ def _name_matching(ws: Workspace) -> Action:
     return run
 
 
+# sources: helm charts and kustomize overlays
+@case("service-without-source")
+def _no_source(ws: Workspace) -> Action:
+    ws.suite("  db:\n    manifests: [s/db.yaml]\n", "  db:\n    depends_on: []\n")
+    return ws.preflight
+
+
+@case("service-two-sources")
+def _two_sources(ws: Workspace) -> Action:
+    for rel, text in OVERLAY.items():
+        ws.write(rel, text)
+    ws.suite("    manifests: [s/db.yaml]\n", "    manifests: [s/db.yaml]\n    kustomize: ../../kustomize/overlay\n")
+    return ws.preflight
+
+
+@case("helm-chart-missing")
+def _chart_missing(ws: Workspace) -> Action:
+    ws.chart()
+    ws.suite("chart: ../../chart", "chart: ../../charts/web")
+    return ws.preflight
+
+
+@case("helm-chart-not-a-chart")
+def _not_a_chart(ws: Workspace) -> Action:
+    ws.chart()
+    ws.suite("chart: ../../chart", "chart: ../../ctx")
+    return ws.preflight
+
+
+@case("helm-values-file-missing")
+def _values_missing(ws: Workspace) -> Action:
+    ws.chart()
+    ws.suite("      chart: ../../chart\n", "      chart: ../../chart\n      values: [./values-e2e.yaml]\n")
+    return ws.preflight
+
+
+@case("helm-release-invalid")
+def _release(ws: Workspace) -> Action:
+    ws.chart()
+    ws.suite("      chart: ../../chart\n", "      chart: ../../chart\n      release: Web_1\n")
+    return ws.preflight
+
+
+@case("helm-set-placeholder-unknown")
+def _set_unknown(ws: Workspace) -> Action:
+    ws.chart()
+    ws.suite("${image.tag:app}", "${image.tag:web}")
+    return ws.preflight
+
+
+@case("helm-set-digest-of-built-image")
+def _set_digest(ws: Workspace) -> Action:
+    ws.chart()
+    ws.suite('image.tag: "${image.tag:app}"', 'image.digest: "${image.digest:app}"')
+    return ws.preflight
+
+
+@case("helm-set-a-list")
+def _set_list(ws: Workspace) -> Action:
+    ws.chart()
+    ws.suite('image.tag: "${image.tag:app}"}', 'image.tag: "${image.tag:app}", args: [a, b]}')
+    return ws.preflight
+
+
+@case("helm-namespace-differs")
+def _helm_namespace(ws: Workspace) -> Action:
+    ws.chart()
+    ws.suite("      chart: ../../chart\n", "      chart: ../../chart\n      namespace: other\n")
+    return ws.preflight
+
+
+@case("helm-version-differs")
+def _helm_version(ws: Workspace) -> Action:
+    ws.chart()
+    ws.suite("      chart: ../../chart\n", "      chart: ../../chart\n      version: \"0.2.0\"\n")
+    return ws.preflight
+
+
+@case("helm-values-malformed")
+def _values_malformed(ws: Workspace) -> Action:
+    ws.chart()
+    ws.write("suites/s/values-e2e.yaml", "image: {tag: [unclosed\n")
+    ws.suite("      chart: ../../chart\n", "      chart: ../../chart\n      values: [./values-e2e.yaml]\n")
+    return ws.preflight
+
+
+@case("helm-values-placeholder-unknown")
+def _values_unknown(ws: Workspace) -> Action:
+    ws.chart()
+    ws.write("suites/s/values-e2e.yaml", "sidecar:\n  image: \"${image:proxy}\"\n")
+    ws.suite("      chart: ../../chart\n", "      chart: ../../chart\n      values: [./values-e2e.yaml]\n")
+    return ws.preflight
+
+
+@case("helm-missing")
+def _helm_missing(ws: Workspace) -> Action:
+    ws.chart(helm_answer=None)
+    return ws.preflight
+
+
+@case("helm-template-error")
+def _template_error(ws: Workspace) -> Action:
+    ws.chart(helm_answer=(1, "", HELM_PARSE_ERROR))
+    return ws.preflight
+
+
+@case("helm-default-tag")
+def _default_tag(ws: Workspace) -> Action:
+    ws.chart()
+    ws.suite(', image.tag: "${image.tag:app}"', "")
+    assert ws.runner is not None
+    ws.runner.responses.clear()
+    ws.runner.on(["/opt/helm", "template"], 0, HELM_DEFAULT_TAG, "")
+    return ws.preflight
+
+
+@case("helm-chart-fed-the-run")
+def _chart_fed(ws: Workspace) -> Action:
+    ws.chart()
+
+    def run() -> None:
+        plan = ws.preflight()
+        assert plan.references["web"] == frozenset({"app"}), "web waits for the load of app (its rendered ref)"
+    return run
+
+
+@case("kustomize-dir-missing")
+def _overlay_missing(ws: Workspace) -> Action:
+    ws.overlay()
+    ws.suite("kustomize: ../../kustomize/overlay", "kustomize: ../../kustomize/overlays/e2e")
+    return ws.preflight
+
+
+@case("kustomize-no-kustomization")
+def _no_kustomization(ws: Workspace) -> Action:
+    ws.overlay()
+    ws.suite("kustomize: ../../kustomize/overlay", "kustomize: ../../ctx")
+    return ws.preflight
+
+
+@case("kustomize-base-missing")
+def _base_missing(ws: Workspace) -> Action:
+    ws.overlay()
+    ws.write("kustomize/overlay/kustomization.yaml", "resources: [../bases/web]\n")
+    return ws.preflight
+
+
+@case("kubectl-missing")
+def _kubectl_missing(ws: Workspace) -> Action:
+    ws.overlay(kubectl=False)
+    return ws.preflight
+
+
+
 # cleanup
 @case("clean-run-id-ambiguous")
 def _ambiguous(ws: Workspace) -> Action:
@@ -517,9 +741,11 @@ def _no_process(*args: Any, **kwargs: Any) -> Any:
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 def test_bad_input(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    state, cache = tmp_path / "state", tmp_path / "cache"
+    state, cache, tmp = tmp_path / "state", tmp_path / "cache", tmp_path / "tmp"
     state.mkdir()
     cache.mkdir()
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     monkeypatch.setenv("KTI_STATE_DIR", str(state))
     monkeypatch.setenv("KTI_CACHE_DIR", str(cache))
     monkeypatch.setattr(subprocess, "run", _no_process)
@@ -545,7 +771,9 @@ def test_bad_input(row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     assert list(state.iterdir()) == [], "something was written to KTI_STATE_DIR"
     assert list(cache.iterdir()) == [], "something was written to KTI_CACHE_DIR"
+    assert list(tmp.iterdir()) == [], "a temp file or directory was left behind"
     assert _tree(ws.root) == before, "the workspace changed"
     if ws.runner is not None:
-        changes = [c for c in ws.runner.calls if c[1:3] not in (("image", "ls"), ("image", "inspect"))]
+        read_only = (("image", "ls"), ("image", "inspect"), ("template",), ("kustomize",))
+        changes = [c for c in ws.runner.calls if c[1:3] not in read_only and c[1:2] not in read_only]
         assert changes == ws.changes, f"commands beyond read-only queries: {changes}"

@@ -113,3 +113,22 @@ def test_doctor_warns_about_low_inotify_limits(tmp_path: Path) -> None:
     assert "sysctl -w fs.inotify.max_user_instances=512" in check.hint
     (tmp_path / "max_user_instances").write_text("1024\n")
     assert inotify(tmp_path).ok
+
+
+def test_doctor_reports_the_tools_the_library_would_use(tmp_path: Path) -> None:
+    """$KTI_KIND/$KTI_KUBECTL/$KTI_HELM win over PATH, each with its version; a missing one has its hint."""
+    from kubetest_infra.doctor import _tool
+
+    helm = tmp_path / "helm-v3.16.3"
+    helm.write_text("#!/bin/sh\n")
+    helm.chmod(0o755)
+    runner = RecordingRunner().on([str(helm), "version", "--short"], stdout="v3.16.3+g\n")
+    check = _tool(runner, "helm", ["version", "--short"], variable="KTI_HELM", hint="install helm",
+                  env={"KTI_HELM": str(helm), "PATH": ""})
+    assert check.ok and check.detail == f"{helm} ($KTI_HELM): v3.16.3+g"
+    missing = _tool(runner, "helm", ["version"], variable="KTI_HELM", hint="install helm", env={"PATH": str(tmp_path)})
+    assert not missing.ok
+    assert missing.detail == "not found on PATH ($KTI_HELM not set)" and missing.hint == "install helm"
+    helm.chmod(0o644)
+    broken = _tool(runner, "helm", ["version"], variable="KTI_HELM", hint="h", env={"KTI_HELM": str(helm)})
+    assert not broken.ok and "is not an executable file" in broken.detail
