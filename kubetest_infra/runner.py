@@ -91,7 +91,11 @@ class Runner(Protocol):
         timeout: float | None = None,
         check: bool = True,
         cwd: str | None = None,
-    ) -> CommandResult: ...
+        verbatim_stdout: bool = False,
+    ) -> CommandResult:
+        """``verbatim_stdout``: stdout is data (rendered manifests), returned exactly as produced; it is
+        never logged, and a failed command's error still shows it redacted."""
+        ...
 
     def pipe(self, producer: Sequence[str], consumers: Sequence[Sequence[str]], *,
              timeout: float | None = None) -> list[CommandResult]:
@@ -147,6 +151,7 @@ class SubprocessRunner:
         timeout: float | None = None,
         check: bool = True,
         cwd: str | None = None,
+        verbatim_stdout: bool = False,
     ) -> CommandResult:
         argv = [str(a) for a in argv]
         shown = self.redactor.argv(argv)
@@ -182,16 +187,17 @@ class SubprocessRunner:
             raise
         finally:
             _untrack(proc)
+        stdout = self.redactor.text(_decode(out))
         result = CommandResult(
             argv=shown,
             returncode=proc.returncode,
-            stdout=self.redactor.text(_decode(out)),
+            stdout=_decode(out) if verbatim_stdout else stdout,
             stderr=self.redactor.text(_decode(err)),
             seconds=time.monotonic() - started,
         )
         log.debug("exit %d after %.2fs: %s", result.returncode, result.seconds, shown[0])
         if check and result.returncode != 0:
-            raise CommandError(result.argv, result.returncode, result.stdout, result.stderr)
+            raise CommandError(result.argv, result.returncode, stdout, result.stderr)
         return result
 
 

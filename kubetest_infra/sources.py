@@ -24,7 +24,9 @@ ordering and the waiter never learn which source it was.
 
 ``helm`` and ``kubectl`` are ``$KTI_HELM`` / ``$KTI_KUBECTL`` when set, else found on ``PATH``; a
 missing one is a :class:`ToolNotFoundError` with an install hint. Every process goes through the
-:class:`~kubetest_infra.runner.Runner` (argv lists, a timeout). Every problem of a source is a
+:class:`~kubetest_infra.runner.Runner` (argv lists, a timeout), whose output redaction is off for the
+rendered stdout only: a manifest's ``postgresql://$(USER):$(PASSWORD)@host`` is data, and redacting it
+(as a log line would be) deployed ``postgresql://***@host``. Every problem of a source is a
 :class:`~kubetest_infra.errors.Problem` naming the suite.yaml field (:class:`SourceError`).
 
 The drift guard's refusal of a chart's output (:class:`ChartDriftError`) names the values key that
@@ -490,7 +492,7 @@ def _load_chart(suite: Suite, service: Service, images: Mapping[str, str], tools
     argv = helm_argv(tools.helm(), spec, suite.namespace, caps)
     try:
         result = tools.runner.run(argv, input=yaml.safe_dump(vals.doc, sort_keys=False).encode(),
-                                  timeout=tools.timeout)
+                                  timeout=tools.timeout, verbatim_stdout=True)
     except CommandError as exc:
         raise SourceError.of([Problem(f, f"{where}.chart", f"helm template could not render {spec.chart}:\n"
                                       + _indent(tail_lines(exc.stderr or exc.stdout or exc.message, 12)),
@@ -658,7 +660,7 @@ def _load_overlay(suite: Suite, service: Service, overlay: Path, images: Mapping
                    "resources": [rel], "images": kustomize_images(images)}
         (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(wrapper, sort_keys=False))
         try:
-            result = tools.runner.run([kubectl, "kustomize", tmp], timeout=tools.timeout)
+            result = tools.runner.run([kubectl, "kustomize", tmp], timeout=tools.timeout, verbatim_stdout=True)
         except CommandError as exc:
             text = (exc.stderr or exc.stdout or exc.message).replace(rel, str(overlay)).replace(tmp, "<kti>")
             raise SourceError.of([Problem(f, where, f"kubectl kustomize could not build {overlay}:\n"

@@ -31,6 +31,7 @@ class RecordingRunner:
         timeout: float | None = None,
         check: bool = True,
         cwd: str | None = None,
+        verbatim_stdout: bool = False,
     ) -> CommandResult:
         call = tuple(argv)
         self.calls.append(call)

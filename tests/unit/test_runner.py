@@ -40,6 +40,18 @@ def test_subprocess_runner_captures_and_raises_with_redacted_output() -> None:
     assert err.argv[0] == "python3"
 
 
+def test_verbatim_stdout_is_data_returned_exactly_and_redacted_only_in_an_error() -> None:
+    """Rendered manifests carry URLs like postgresql://$(USER):$(PASSWORD)@db: redacting them deployed ***."""
+    runner = SubprocessRunner()
+    url = "postgresql://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@postgres:5432/db"
+    printed = ["python3", "-c", f"print({url!r})"]
+    assert runner.run(printed).stdout.strip() == "postgresql://***@postgres:5432/db", "a log-like output is redacted"
+    assert runner.run(printed, verbatim_stdout=True).stdout.strip() == url
+    with pytest.raises(CommandError) as info:
+        runner.run(["python3", "-c", f"print({url!r}); raise SystemExit(1)"], verbatim_stdout=True)
+    assert "$(POSTGRES_PASSWORD)" not in str(info.value) and "***@postgres" in str(info.value)
+
+
 def test_missing_binary_is_a_command_error_with_hint() -> None:
     with pytest.raises(CommandError, match="Hint: install no-such-binary-kti"):
         SubprocessRunner().run(["no-such-binary-kti"])

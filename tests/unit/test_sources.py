@@ -206,6 +206,7 @@ class StdinRunner(RecordingRunner):
 
     def run(self, argv: Sequence[str], *, input: bytes | None = None, **kw: Any) -> CommandResult:
         self.stdin.append(input)
+        assert kw.get("verbatim_stdout"), "rendered manifests are data: never redacted"
         return super().run(argv, input=input, **kw)
 
 
@@ -314,6 +315,7 @@ class KustomizeRunner(RecordingRunner):
         self.dirs: list[str] = []
 
     def run(self, argv: Sequence[str], **kw: Any) -> CommandResult:
+        assert kw.get("verbatim_stdout"), "rendered manifests are data: never redacted"
         self.calls.append(tuple(argv))
         self.dirs.append(argv[-1])
         self.wrapper = yaml.safe_load((Path(argv[-1]) / "kustomization.yaml").read_text())
