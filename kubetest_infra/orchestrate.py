@@ -7,8 +7,10 @@ Tasks (see :mod:`kubetest_infra.graph`)::
     cluster              create or reuse the Kind cluster (same engine as the builds)
     namespace            the suite namespace                              ← cluster
     load:<image>         into every node, as soon as image and cluster exist
-    service:<name>       render, apply, wait (current-template pods, then traffic hand-over, then
-                         the HTTP/TCP check)     ← namespace, its images' loads, its depends_on services
+    service:<name>       its source (manifests, a chart, an overlay: :mod:`.sources`), render,
+                         apply, wait — a chart in phases: pre hooks, the release, post hooks
+                         (:mod:`.hooks`) — then traffic hand-over, then the HTTP/TCP check
+                                                 ← namespace, its images' loads, its depends_on services
 
 Before anything starts, every manifest is rendered with the references the run *will* produce (they
 are deterministic: ``{registry}/{image}:{suite}-{run_id}``), so a drifting reference is refused

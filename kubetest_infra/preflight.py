@@ -2,17 +2,21 @@
 
 :func:`check` takes a loaded :class:`~kubetest_infra.suite.Suite` (``load_suite`` has already refused a
 bad suite.yaml, unset ``${env:…}`` included) and the references the run will produce
-(:func:`check_suite` plans them itself), reads files only, and reports every problem at once in one
+(:func:`check_suite` plans them itself), reads files only (and renders charts and overlays offline
+with ``helm template`` / ``kubectl kustomize``), and reports every problem at once in one
 :class:`PreflightError`, each with a hint naming the suite.yaml field to change:
 
 - images (``images.NAME`` and ``external_images.NAME.build``): the Dockerfile exists and is readable,
   ``target`` names a stage (``FROM … AS name``), every ARG a ``FROM`` line uses resolves (a default or
   a build arg), every file the engine would receive is readable (``.dockerignore`` applied) and the
   context is not entirely ignored;
-- manifests (``services.NAME.manifests``): they read and parse (no duplicate keys, no
-  ``generateName``), they hold at least one object, no object is aimed at another namespace or
-  declared by two services, every ``${image:…}`` names a declared image, and the drift guard passes
-  with the planned references;
+- sources (``services.NAME.manifests``, ``.helm``, ``.kustomize``, read through
+  :func:`.sources.load`): manifests read and parse (no duplicate keys, no ``generateName``), a chart
+  renders with the planned references (its version, values files and placeholders checked first), an
+  overlay's bases exist and it builds, ``helm``/``kubectl`` are there; the objects number at least
+  one, none is aimed at another namespace or declared by two services, every ``${image:…}`` names a
+  declared image, and the drift guard passes with the planned references (a chart's refusal names
+  the values key behind the reference);
 - readiness: the NodePort behind a service's ready port is exposed by some Service (``nodePort``) or
   pod (``hostPort``) of the suite;
 - the host: a host port below ``net.ipv4.ip_unprivileged_port_start`` needs root; mounted host paths

@@ -25,9 +25,13 @@ Example (see ``suites/datastorage/suite.yaml`` and docs/suites.md)::
         depends_on: [migrations]
         ready: {http: {port: 38081, path: /readyz}}   # a host port of cluster.ports
 
-Paths of build contexts and mount host paths are relative to the suite file; manifest paths are
-relative to the nearest ``manifests/`` directory above the suite file (or the suite directory when
-they start with ``./``). ``${env:NAME}`` and ``${env:NAME:-default}`` are expanded from the
+A service's source is exactly one of ``manifests: [FILE|DIR]``, ``helm: {chart, release, values,
+set, namespace, version}`` (a local chart, see :class:`HelmSource`) or ``kustomize: DIR`` (an
+overlay); :mod:`.sources` turns each into objects.
+
+Paths of build contexts, mount host paths, charts, values files and overlays are relative to the
+suite file; manifest paths are relative to the nearest ``manifests/`` directory above the suite file
+(or the suite directory when they start with ``./``). ``${env:NAME}`` and ``${env:NAME:-default}`` are expanded from the
 environment. Every problem of the file is reported at once (:class:`SuiteError`, one
 :class:`~kubetest_infra.errors.Problem` each, with a hint naming the field to change). What needs more
 than the file itself (Dockerfiles, manifests' contents, the user running it) is checked by
