@@ -289,6 +289,12 @@ def test_an_overlay_is_walked_into_its_bases_and_the_files_it_names(tmp_path: Pa
     assert sources.overlay_problems(tmp_path / "overlay") == [], "a remote base is not checked offline"
 
 
+def test_a_charts_inputs_are_its_files_and_the_values_files(ws: Path) -> None:
+    suite = load_suite(ws / "suite.yaml")
+    assert {str(p.relative_to(ws)) for p in sources.input_files(suite.services["web"])} == {
+        "chart/Chart.yaml", "chart/values.yaml", "chart/templates/web.yaml", "values.yaml"}
+
+
 def test_missing_bases_and_plain_directories_are_found_without_kubectl(tmp_path: Path) -> None:
     write(tmp_path, {**OVERLAY, "overlay/kustomization.yaml": "resources: [../nope, ../common]\n"})
     found = sources.overlay_problems(tmp_path / "overlay")

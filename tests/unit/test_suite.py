@@ -39,6 +39,23 @@ def test_the_datastorage_suite_loads() -> None:
     assert suite.cluster.port_mappings[0].host_port == 38081
 
 
+def test_the_chart_and_overlay_suites_load_with_their_sources() -> None:
+    helm = load_suite(ROOT / "suites" / "datastorage-helm", env={})
+    spec = helm.services["datastorage"].helm
+    assert spec is not None and helm.services["datastorage"].source == "helm"
+    assert spec.chart == ROOT / "examples" / "charts" / "datastorage"
+    assert spec.release == "datastorage", "the release defaults to the service name"
+    assert spec.values == (ROOT / "suites" / "datastorage-helm" / "values.yaml",)
+    assert spec.set == {"image.repository": "${image.repository:datastorage}", "image.tag": "${image.tag:datastorage}"}
+    assert helm.services["postgres"].source == "manifests"
+    overlay = load_suite(ROOT / "suites" / "datastorage-kustomize", env={})
+    assert overlay.services["datastorage"].kustomize == ROOT / "examples" / "kustomize" / "datastorage"
+    assert overlay.services["datastorage"].manifests == ()
+    names = {load_suite(ROOT / "suites" / n, env={}).cluster.name for n in ("datastorage", "datastorage-helm",
+                                                                            "datastorage-kustomize")}
+    assert len(names) == 3, "each suite has its own cluster"
+
+
 def test_a_valid_suite(tmp_path: Path) -> None:
     suite = load_suite(write(tmp_path, BASE), env={})
     assert suite.namespace == "s"
