@@ -107,7 +107,9 @@ def cluster(warm: int) -> dict[str, Any]:
                                "service_datastorage_s": round(task.seconds, 2),
                                "helm_template_s": round(sum(spent), 3), "helm_template_runs": len(spent),
                                "rebuilt": sorted(set(env.images) - set(env.reused_images)),
-                               "load_actions": sorted(set(loads))})
+                               "load_actions": sorted(set(loads)),
+                               "tasks_s": {t.id: round(t.seconds, 2) for t in env.timings},
+                               "graph_s": round(env.seconds, 2)})
         finally:
             Session(load_suite(suite_file), engine, clusters=clusters).down(force=True)
             Loader.load = real_load  # type: ignore[method-assign]
