@@ -444,7 +444,9 @@ def _externals(r: _Reader, value: Any, images: Mapping[str, ImageBuild]) -> dict
                     try:
                         require_pinned(ref)
                     except ConfigError as exc:
-                        r.bad(f"{where}.ref", exc.message, f"{exc.hint} in {where}.ref")
+                        r.bad(f"{where}.ref", exc.message,
+                              f"pin {where}.ref to a version tag or a digest (e.g. postgres:16 or "
+                              "postgres@sha256:...): a moving tag can change between runs")
                 env_name = None
                 with r.section():
                     env_name = r.optional_string(m.get("env"), f"{where}.env")
