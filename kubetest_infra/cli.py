@@ -29,7 +29,10 @@ def _parse_build_arg(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kubetest_infra import __version__
+
     parser = argparse.ArgumentParser(prog="kti", description="kubetest-infra: E2E test infrastructure on Kind")
+    parser.add_argument("--version", action="version", version=f"kti (kubetest-infra) {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: commands)")
     parser.add_argument("--engine", help="docker | podman | auto (default: $KTI_ENGINE or auto)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also while a session uses it, and a cluster of that name without our ownership record")
 
     sub.add_parser("status", help="clusters and images of ours, with run ids and ages")
+
+    sc = sub.add_parser("schema", help="the suite.yaml schema: JSON Schema for editors, or the reference as Markdown")
+    sc.add_argument("--format", choices=("json", "markdown"), default="json",
+                    help="json: a JSON Schema (draft 2020-12); markdown: docs/configuration.md")
 
     lg = sub.add_parser("logs", help="logs of a suite service's pods")
     lg.add_argument("suite", type=Path)
@@ -197,6 +204,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from kubetest_infra import schema
+
+    sys.stdout.write(schema.json_text() if args.format == "json" else schema.markdown())
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from kubetest_infra.cluster import KindClusters
     from kubetest_infra.logs import service_logs
@@ -212,7 +226,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"build": cmd_build, "doctor": cmd_doctor, "gc": cmd_gc, "clean": cmd_clean, "up": cmd_up,
-            "down": cmd_down, "status": cmd_status, "logs": cmd_logs}
+            "down": cmd_down, "status": cmd_status, "logs": cmd_logs, "schema": cmd_schema}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubetest_infra import labenv
 from kubetest_infra.engine import get_engine
 from kubetest_infra.errors import KtiError
 from kubetest_infra.runner import Runner, SubprocessRunner
@@ -32,11 +33,35 @@ def _version(runner: Runner, argv: list[str]) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _tool(runner: Runner, name: str, argv: list[str], hint: str, required: bool) -> Check:
-    path = shutil.which(name)
+def _tool(runner: Runner, name: str, env: str | None, args: list[str], hint: str, *, required: bool) -> Check:
+    """A tool named by ``$env`` (the environment, else the lab settings), else found on PATH."""
+    chosen = (labenv.get(env) if env else "") or ""
+    if chosen:
+        path = shutil.which(chosen) or (chosen if Path(chosen).is_file() else None)
+        where = f"${env}={chosen}"
+        if path is None:
+            return Check(name, False, f"{where} does not exist", f"point ${env} at the {name} binary, or unset it",
+                         required)
+    else:
+        path = shutil.which(name)
+        where = "PATH"
+        if path is None:
+            return Check(name, False, "not found on PATH" + (f" (nor ${env})" if env else ""), hint, required)
+    return Check(name, True, f"{path} (from {where}): {_version(runner, [path, *args]) or 'version unknown'}",
+                 required=required)
+
+
+def lab_settings() -> Check:
+    """Which lab settings file (``.kti/env``) fills variables the environment does not set."""
+    path, values = labenv.settings()
     if path is None:
-        return Check(name, False, "not found on PATH", hint, required)
-    return Check(name, True, f"{path}: {_version(runner, argv) or 'version unknown'}", required=required)
+        return Check("lab settings", True, "no .kti/env here or above, none in the checkout, $KTI_ENV_FILE unset",
+                     required=False)
+    if not path.is_file():
+        return Check("lab settings", False, f"$KTI_ENV_FILE={path} does not exist",
+                     "point KTI_ENV_FILE at the lab's .kti/env (hack/setup writes it), or unset it", required=False)
+    shown = ", ".join(sorted(values)) or "none (all set in the environment)"
+    return Check("lab settings", True, f"{path}; used for: {shown}", required=False)
 
 
 def _disk(label: str, path: str) -> Check:
@@ -84,11 +109,14 @@ def run_checks(engine_name: str | None = None, runner: Runner | None = None) -> 
         checks.append(Check("engine", True, f"{info.name} {info.version}, {builder}"))
     except KtiError as exc:
         checks.append(Check("engine", False, exc.message, exc.hint))
-    checks.append(_tool(runner, "kind", ["kind", "version"],
-                        "install kind (go install sigs.k8s.io/kind@v0.30.0; here: hack/lab/build)", False))
-    checks.append(_tool(runner, "kubectl", ["kubectl", "version", "--client"],
-                        "install kubectl (here the lab builds one: hack/lab/build)", False))
-    checks.append(_tool(runner, "git", ["git", "--version"], "install git for image provenance labels", False))
+    checks.append(lab_settings())
+    checks.append(_tool(runner, "kind", "KTI_KIND", ["version"],
+                        "install kind (go install sigs.k8s.io/kind@v0.30.0) or set $KTI_KIND; in the offline lab "
+                        "hack/setup writes it to .kti/env (docs/labs.md)", required=False))
+    checks.append(_tool(runner, "kubectl", "KTI_KUBECTL", ["version", "--client"],
+                        "install kubectl or set $KTI_KUBECTL; in the offline lab hack/setup writes it to .kti/env",
+                        required=False))
+    checks.append(_tool(runner, "git", None, ["--version"], "install git for image provenance labels", required=False))
     if root and os.path.isdir(root):
         checks.append(_disk("engine storage", root))
     checks.append(_disk("working directory", str(Path.cwd())))
