@@ -60,3 +60,4 @@ def test_a_container_not_started_is_a_mismatch_and_no_run_image_is_an_error() ->
         verify_running_images(ENV, core=Core(pod("web-3", ("web", "localhost/web:s-r1", "", ""))))
     with pytest.raises(ImageMismatchError, match="no container in namespace s, pods app=x runs an image of run r1"):
         verify_running_images(ENV, "app=x", core=Core(pod("o", ("o", "busybox:1.36", "busybox:1.36", "sha256:1"))))
+
