@@ -69,7 +69,7 @@ def _read_dockerfile(directory: Path) -> tuple[dockerfile.Dockerfile, list[str]]
                           hint=f"write {path} first (the tutorial, docs/tutorial.md, has one), or pass the "
                                "service's directory: kti init DIR")
     try:
-        parsed = dockerfile.parse(path.read_text())
+        parsed = dockerfile.parse(path.read_text(), str(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}", hint="make it a readable text file") from exc
     if not parsed.stages:
