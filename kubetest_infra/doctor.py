@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,21 +34,22 @@ def _version(runner: Runner, argv: list[str]) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _tool(runner: Runner, name: str, env: str | None, args: list[str], hint: str, *, required: bool) -> Check:
-    """A tool named by ``$env`` (the environment, else the lab settings), else found on PATH."""
-    chosen = (labenv.get(env) if env else "") or ""
-    if chosen:
-        path = shutil.which(chosen) or (chosen if Path(chosen).is_file() else None)
-        where = f"${env}={chosen}"
-        if path is None:
-            return Check(name, False, f"{where} does not exist", f"point ${env} at the {name} binary, or unset it",
-                         required)
+def _tool(runner: Runner, name: str, args: list[str], *, variable: str | None, hint: str, required: bool = False,
+          env: Mapping[str, str] | None = None) -> Check:
+    """A tool as the library finds it: ``$variable`` when set, else ``name`` on PATH; with its version."""
+    env = os.environ if env is None else env
+    explicit = env.get(variable) if variable else None
+    if explicit:
+        if not (Path(explicit).is_file() and os.access(explicit, os.X_OK)):
+            return Check(name, False, f"${variable}={explicit} is not an executable file", hint, required)
+        path, how = explicit, f"${variable}"
     else:
-        path = shutil.which(name)
-        where = "PATH"
-        if path is None:
-            return Check(name, False, "not found on PATH" + (f" (nor ${env})" if env else ""), hint, required)
-    return Check(name, True, f"{path} (from {where}): {_version(runner, [path, *args]) or 'version unknown'}",
+        found = shutil.which(name, path=env.get("PATH"))
+        if found is None:
+            unset = f" (${variable} not set)" if variable else ""
+            return Check(name, False, f"not found on PATH{unset}", hint, required)
+        path, how = found, "PATH"
+    return Check(name, True, f"{path} ({how}): {_version(runner, [path, *args]) or 'version unknown'}",
                  required=required)
 
 
@@ -97,7 +99,10 @@ def inotify(proc: Path = Path("/proc/sys/fs/inotify")) -> Check:
                  + " && ".join(f"sudo sysctl -w fs.inotify.{k}={w}" for k, _, w in low), required=False)
 
 
-def run_checks(engine_name: str | None = None, runner: Runner | None = None) -> list[Check]:
+def run_checks(engine_name: str | None = None, runner: Runner | None = None,
+               env: Mapping[str, str] | None = None) -> list[Check]:
+    """``env``: where tools are looked up (default: the environment over the lab settings, docs/labs.md)."""
+    env = labenv.environ() if env is None else env
     runner = runner or SubprocessRunner()
     checks: list[Check] = []
     root = ""
@@ -110,13 +115,14 @@ def run_checks(engine_name: str | None = None, runner: Runner | None = None) -> 
     except KtiError as exc:
         checks.append(Check("engine", False, exc.message, exc.hint))
     checks.append(lab_settings())
-    checks.append(_tool(runner, "kind", "KTI_KIND", ["version"],
-                        "install kind (go install sigs.k8s.io/kind@v0.30.0) or set $KTI_KIND; in the offline lab "
-                        "hack/setup writes it to .kti/env (docs/labs.md)", required=False))
-    checks.append(_tool(runner, "kubectl", "KTI_KUBECTL", ["version", "--client"],
-                        "install kubectl or set $KTI_KUBECTL; in the offline lab hack/setup writes it to .kti/env",
-                        required=False))
-    checks.append(_tool(runner, "git", None, ["--version"], "install git for image provenance labels", required=False))
+    checks.append(_tool(runner, "kind", ["version"], variable="KTI_KIND", env=env,
+                        hint="install kind (go install sigs.k8s.io/kind@v0.30.0) or set $KTI_KIND to its path; in "
+                        "the offline lab hack/setup writes it to .kti/env (docs/labs.md)"))
+    checks.append(_tool(runner, "kubectl", ["version", "--client"], variable="KTI_KUBECTL", env=env,
+                        hint="install kubectl or set $KTI_KUBECTL; in the offline lab hack/setup writes it to "
+                        ".kti/env"))
+    checks.append(_tool(runner, "git", ["--version"], variable=None, env=env,
+                        hint="install git for image provenance labels"))
     if root and os.path.isdir(root):
         checks.append(_disk("engine storage", root))
     checks.append(_disk("working directory", str(Path.cwd())))

@@ -82,14 +82,18 @@ def test_doctor_uses_kti_kind_and_kti_kubectl(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("KTI_KIND", str(kind))
     runner = RecordingRunner()
     runner.on([str(kind), "version"], stdout="kind v9.9.9 go linux/amd64\n")
-    check = _tool(runner, "kind", "KTI_KIND", ["version"], "install kind", required=False)
+    check = _tool(runner, "kind", ["version"], variable="KTI_KIND", hint="install kind")
     assert check.ok
-    assert check.detail == f"{kind} (from $KTI_KIND={kind}): kind v9.9.9 go linux/amd64"
+    assert check.detail == f"{kind} ($KTI_KIND): kind v9.9.9 go linux/amd64"
     monkeypatch.setenv("KTI_KUBECTL", str(tmp_path / "absent"))
-    missing = _tool(runner, "kubectl", "KTI_KUBECTL", ["version"], "install kubectl", required=False)
+    missing = _tool(runner, "kubectl", ["version"], variable="KTI_KUBECTL", hint="install kubectl")
     assert not missing.ok
-    assert "$KTI_KUBECTL" in missing.detail
-    assert "does not exist" in missing.detail
+    assert missing.detail == f"$KTI_KUBECTL={tmp_path / 'absent'} is not an executable file"
     monkeypatch.setenv("KTI_ENV_FILE", str(_lab(tmp_path / "lab")))
     monkeypatch.delenv("PYTHON_IMAGE", raising=False)
     assert "PYTHON_IMAGE" in lab_settings().detail
+    monkeypatch.delenv("KTI_KIND")  # now only in the lab settings file: run_checks' lookup finds it there
+    monkeypatch.setenv("KTI_ENV_FILE", str(tmp_path / "lab2" / ".kti" / "env"))
+    (tmp_path / "lab2" / ".kti").mkdir(parents=True)
+    (tmp_path / "lab2" / ".kti" / "env").write_text(f"KTI_KIND={kind}\n")
+    assert _tool(runner, "kind", ["version"], variable="KTI_KIND", hint="", env=labenv.environ()).ok
