@@ -1,6 +1,10 @@
 """kubetest-infra: end-to-end test infrastructure on Kubernetes (Kind).
 
-Pipeline: ``tags → digest → build`` (this release); load, render, apply and wait follow.
+Pipeline, one module a stage: ``tags → digest → build → load → render → apply → wait``, run as one
+dependency graph by :mod:`kubetest_infra.orchestrate` from a ``suite.yaml``
+(:mod:`kubetest_infra.suite`), under the ownership rules of :mod:`kubetest_infra.session`. The edges:
+the ``kti`` command (:mod:`kubetest_infra.cli`) and the pytest plugin (:mod:`kubetest_infra.plugin`).
+Documentation: ``docs/index.md`` (the tutorial is ``docs/tutorial.md``).
 """
 
 from kubetest_infra.build import Builder, BuildEvent, BuildSpec, BuiltImage

@@ -29,7 +29,10 @@ def _parse_build_arg(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kubetest_infra import __version__
+
     parser = argparse.ArgumentParser(prog="kti", description="kubetest-infra: E2E test infrastructure on Kind")
+    parser.add_argument("--version", action="version", version=f"kti (kubetest-infra) {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: commands)")
     parser.add_argument("--engine", help="docker | podman | auto (default: $KTI_ENGINE or auto)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also while a session uses it, and a cluster of that name without our ownership record")
 
     sub.add_parser("status", help="clusters and images of ours, with run ids and ages")
+
+    i = sub.add_parser("init", help="write a first suite (suite.yaml, manifest, conftest, test) for a directory "
+                                     "holding a Dockerfile")
+    i.add_argument("directory", type=Path, nargs="?", default=Path("."), help="the service's directory (default: .)")
+    i.add_argument("--name", help="suite, image and service name (default: from the directory's name)")
+    i.add_argument("--cluster", help="Kind cluster name (default: kti-NAME)")
+    i.add_argument("--host-port", type=int, default=38080, help="host port of the service (default 38080)")
+    i.add_argument("--node-port", type=int, default=30080, help="the Service's nodePort (default 30080)")
+    i.add_argument("--path", default="/", help="HTTP path that answers 200 when the service is ready (default /)")
+
+    sc = sub.add_parser("schema", help="the suite.yaml schema: JSON Schema for editors, or the reference as Markdown")
+    sc.add_argument("--format", choices=("json", "markdown"), default="json",
+                    help="json: a JSON Schema (draft 2020-12); markdown: docs/configuration.md")
 
     lg = sub.add_parser("logs", help="logs of a suite service's pods")
     lg.add_argument("suite", type=Path)
@@ -197,6 +213,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from kubetest_infra.scaffold import init
+
+    made = init(args.directory, name=args.name, cluster=args.cluster, host_port=args.host_port,
+                node_port=args.node_port, path=args.path)  # checked by preflight before it returns
+    for path in made.files:
+        print(f"wrote {path}")
+    for note in made.notes:
+        print(f"note: {note}", file=sys.stderr)
+    where = "" if made.directory == Path.cwd().resolve() else f"cd {args.directory} && "
+    print(f"next: {where}kti up .   # then: pytest, curl {made.url}, kti down .", file=sys.stderr)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from kubetest_infra import schema
+
+    sys.stdout.write(schema.json_text() if args.format == "json" else schema.markdown())
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from kubetest_infra.cluster import KindClusters
     from kubetest_infra.logs import service_logs
@@ -212,7 +249,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"build": cmd_build, "doctor": cmd_doctor, "gc": cmd_gc, "clean": cmd_clean, "up": cmd_up,
-            "down": cmd_down, "status": cmd_status, "logs": cmd_logs}
+            "down": cmd_down, "status": cmd_status, "logs": cmd_logs, "schema": cmd_schema,
+            "init": cmd_init}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

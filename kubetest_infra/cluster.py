@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_fixed
 
+from kubetest_infra import labenv
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import CommandError, ConfigError, KtiError
 from kubetest_infra.state import Owner, atomic_write, default_state_dir, locked, read_json, write_json
@@ -162,7 +163,7 @@ class KindClusters:
         self.engine = engine
         self.runner = engine.runner
         self.state_dir = state_dir or default_state_dir()
-        self.kind = kind_binary or os.environ.get(KIND_ENV) or "kind"
+        self.kind = kind_binary or labenv.get(KIND_ENV) or "kind"
         self.create_attempts = create_attempts
         self.wait = wait
         self.create_timeout = create_timeout
@@ -174,8 +175,9 @@ class KindClusters:
     def _kind(self, *args: str, timeout: float | None = 120) -> str:
         if shutil.which(self.kind) is None and not Path(self.kind).is_file():
             raise KindNotFoundError(f"kind not found ({self.kind})",
-                                    hint="install kind (go install sigs.k8s.io/kind@v0.30.0), set $KTI_KIND to its "
-                                    "path; on the offline lab run hack/lab/build")
+                                    hint="install kind (go install sigs.k8s.io/kind@v0.30.0) or set $KTI_KIND to its "
+                                    "path; in the offline lab, hack/setup writes KTI_KIND to .kti/env, read from "
+                                    "the working directory up or $KTI_ENV_FILE (docs/labs.md)")
         return self.runner.run([self.kind, *args], env=self._env(), timeout=timeout).stdout
 
     def cluster_dir(self, name: str) -> Path:

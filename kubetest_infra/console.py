@@ -20,6 +20,16 @@ if TYPE_CHECKING:
 _STYLE = {"running": "yellow", "ok": "green", "failed": "bold red", "cancelled": "dim"}
 
 
+def event_line(task: str, event: str, seconds: float) -> str:
+    """One graph event as words: ``cluster: started``, ``build:web: ok in 3.2s``, ``service:db: failed
+    after 4.0s``, ``load:web: cancelled`` (the seconds are the task's own duration, absent at its start)."""
+    if event == "start":
+        return f"{task}: started"
+    if event == "cancelled":
+        return f"{task}: cancelled"
+    return f"{task}: {event} {'in' if event == 'ok' else 'after'} {seconds:.1f}s"
+
+
 class Progress:
     """Receives graph events (task, event, seconds); renders them live or as plain lines."""
 
@@ -57,8 +67,8 @@ class Progress:
             if self.live is not None:
                 self.live.update(self._table())
             else:
-                extra = f" ({seconds:.1f}s)" if event != "start" else ""
-                self.console.print(f"[{now:6.1f}s] {task}: {event}{extra}", highlight=False, markup=False)
+                self.console.print(f"[at {now:6.1f}s] {event_line(task, event, seconds)}", highlight=False,
+                                   markup=False)
 
     def _table(self) -> Table:
         table = Table(title=self.title, expand=False)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from kubetest_infra import labenv
 from kubetest_infra.engine import get_engine
 from kubetest_infra.errors import KtiError
 from kubetest_infra.runner import Runner, SubprocessRunner
@@ -53,6 +54,19 @@ def _tool(runner: Runner, name: str, args: list[str], *, variable: str | None, h
                  required=required)
 
 
+def lab_settings() -> Check:
+    """Which lab settings file (``.kti/env``) fills variables the environment does not set."""
+    path, values = labenv.settings()
+    if path is None:
+        return Check("lab settings", True, "no .kti/env here or above, none in the checkout, $KTI_ENV_FILE unset",
+                     required=False)
+    if not path.is_file():
+        return Check("lab settings", False, f"$KTI_ENV_FILE={path} does not exist",
+                     "point KTI_ENV_FILE at the lab's .kti/env (hack/setup writes it), or unset it", required=False)
+    shown = ", ".join(sorted(values)) or "none (all set in the environment)"
+    return Check("lab settings", True, f"{path}; used for: {shown}", required=False)
+
+
 def _disk(label: str, path: str) -> Check:
     try:
         usage = shutil.disk_usage(path)
@@ -88,6 +102,8 @@ def inotify(proc: Path = Path("/proc/sys/fs/inotify")) -> Check:
 
 def run_checks(engine_name: str | None = None, runner: Runner | None = None,
                env: Mapping[str, str] | None = None) -> list[Check]:
+    """``env``: where tools are looked up (default: the environment over the lab settings, docs/labs.md)."""
+    env = labenv.environ() if env is None else env
     runner = runner or SubprocessRunner()
     checks: list[Check] = []
     root = ""
@@ -99,9 +115,10 @@ def run_checks(engine_name: str | None = None, runner: Runner | None = None,
         checks.append(Check("engine", True, f"{info.name} {info.version}, {builder}"))
     except KtiError as exc:
         checks.append(Check("engine", False, exc.message, exc.hint))
+    checks.append(lab_settings())
     checks.append(_tool(runner, "kind", ["version"], variable="KTI_KIND", env=env,
-                        hint="install kind (go install sigs.k8s.io/kind@v0.30.0; here: hack/lab/build) or set "
-                        "$KTI_KIND to its path"))
+                        hint="install kind (go install sigs.k8s.io/kind@v0.30.0) or set $KTI_KIND to its path; in "
+                        "the offline lab hack/setup writes it to .kti/env (docs/labs.md)"))
     checks.append(_tool(runner, "kubectl", ["version", "--client"], variable=KUBECTL_ENV, env=env,
                         hint=f"{KUBECTL_HINT} (Kustomize overlays need it)"))
     checks.append(_tool(runner, "helm", ["version", "--short"], variable=HELM_ENV, env=env,

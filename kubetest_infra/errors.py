@@ -106,7 +106,7 @@ class InputError(ConfigError):
         for p in problems:
             lines.append(f"  - {p}")
             lines.append(f"    Hint: {p.hint}")
-        return cls("\n".join(lines), "fix each problem above (each has its own hint); docs/suites.md describes "
+        return cls("\n".join(lines), "fix each problem above (each has its own hint); docs/configuration.md describes "
                    "every suite.yaml field", problems)
 
 

@@ -49,7 +49,7 @@ from kubetest_infra.render import (
     render,
 )
 from kubetest_infra.suite import ImageBuild, Service, Suite
-from kubetest_infra.tags import DEFAULT_REGISTRY, RUN_ID_ENV, image_ref, parse_ref
+from kubetest_infra.tags import DEFAULT_REGISTRY, RUN_ID_ENV, image_ref, require_pinned
 from kubetest_infra.workloads import containers
 
 UNPRIVILEGED_PORT_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
@@ -268,11 +268,12 @@ def _check_overrides(suite: Suite, env: Mapping[str, str]) -> list[Problem]:
         value = env.get(ext.env) if ext.env else None
         if value:
             try:
-                parse_ref(value)
+                require_pinned(value)  # a reference, and not `latest` nor untagged (as for .ref)
             except ConfigError as exc:
-                problems.append(Problem(f"${ext.env}", "", f"{exc.message} (override of external_images.{name})",
-                                        f"set {ext.env} to an image reference, or unset it "
-                                        f"(external_images.{name}.env names it)"))
+                problems.append(Problem(f"${ext.env}", f"external_images.{name}.env",
+                                        f"{exc.message} (override of external_images.{name})",
+                                        f"set {ext.env} to a pinned image reference (a version tag or a digest), "
+                                        f"or unset it (external_images.{name}.env names it)"))
     return problems
 
 

@@ -1,6 +1,7 @@
 """Suite files: ``suites/<suite>/suite.yaml``, validated with errors that name the file and the field.
 
-Example (see ``suites/datastorage/suite.yaml`` and docs/suites.md)::
+The fields are described once, in :mod:`kubetest_infra.schema` (the reference, docs/configuration.md,
+and the JSON Schema are generated from it). Example (``suites/datastorage/suite.yaml``)::
 
     name: datastorage                # the consumer part of every image tag (and the default namespace)
     namespace: datastorage
@@ -52,7 +53,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from kubetest_infra import values, yamlio
+from kubetest_infra import labenv, schema, values, yamlio
 from kubetest_infra.cluster import ClusterConfig, Mount, PortMapping, validate_cluster_name
 from kubetest_infra.errors import ConfigError, InputError, Problem
 from kubetest_infra.graph import Task, validate
@@ -216,7 +217,7 @@ class _Reader:
             value = {}
         if not isinstance(value, dict):
             self.bad(where, f"expected a mapping with fields {', '.join(sorted(allowed))}, got {_kind(value)}",
-                     f"write {where} as `{where}: {{FIELD: VALUE}}` (docs/suites.md lists the fields)")
+                     f"write {where} as `{where}: {{FIELD: VALUE}}` (docs/configuration.md lists the fields)")
         unknown = sorted(str(k) for k in value if k not in allowed)
         if unknown:
             guesses = [f"{u} → {m[0]}" for u in unknown if (m := difflib.get_close_matches(u, allowed, 1, 0.7))]
@@ -227,7 +228,7 @@ class _Reader:
         if missing:
             prefix = "" if where == TOP else f"{where}."
             self.note(where, f"missing field(s) {', '.join(missing)}",
-                      f"add {', '.join(prefix + m for m in missing)} (see docs/suites.md)")
+                      f"add {', '.join(prefix + m for m in missing)} (see docs/configuration.md)")
             if not soft:
                 raise _Bad
         return {k: v for k, v in value.items() if k in allowed}
@@ -305,7 +306,7 @@ class _Reader:
         return out
 
     def build(self, value: Any, where: str) -> ImageBuild:
-        m = self.mapping(value, where, {"context", "dockerfile", "build_args", "target"}, {"context"})
+        m = self.mapping(value, where, *schema.fields("images.*"))
         count = len(self.problems)
         context = dockerfile = target = None
         args: dict[str, str] = {}
@@ -364,7 +365,7 @@ def load_suite(path: Path | str, env: Mapping[str, str] | None = None, manifests
         where = f"line {mark.line + 1}" if mark is not None else ""
         raise SuiteError.of([Problem(str(path), where, f"malformed YAML: {exc}",
                                      "fix the YAML syntax at the line shown")]) from exc
-    r = _Reader(path.resolve(), env)
+    r = _Reader(path.resolve(), labenv.environ() if env is None else env)
     suite = _read(r, raw, path, manifests_root)
     if r.problems or suite is None:
         raise SuiteError.of(r.problems, "problems in the suite file")
@@ -376,9 +377,8 @@ def _read(r: _Reader, raw: Any, path: Path, manifests_root: Path | None) -> Suit
     with r.section():
         if not isinstance(raw, dict):
             r.bad(TOP, f"expected a mapping (name, cluster, services, ...), got {_kind(raw)}",
-                  "start from suites/datastorage/suite.yaml; docs/suites.md lists the fields")
-        top = r.mapping(raw, TOP, {"name", "namespace", "cluster", "images", "external_images", "services"},
-                        {"name", "cluster", "services"}, soft=True)
+                  "start from `kti init` or suites/datastorage/suite.yaml; docs/configuration.md lists the fields")
+        top = r.mapping(raw, TOP, *schema.fields(""), soft=True)
     if not top:
         return None
     name = _name_and_namespace(r, top)
@@ -465,14 +465,16 @@ def _externals(r: _Reader, value: Any, images: Mapping[str, ImageBuild]) -> dict
                 if img_name in images:
                     r.bad(where, f"{img_name!r} is also under images",
                           f"an image is built or external, not both: remove images.{img_name} or {where}")
-                m = r.mapping(spec, where, {"ref", "env", "build"}, {"ref"})
+                m = r.mapping(spec, where, *schema.fields("external_images.*"))
                 count = len(r.problems)
                 ref = r.string(m["ref"], f"{where}.ref")
                 with r.section():
                     try:
                         require_pinned(ref)
                     except ConfigError as exc:
-                        r.bad(f"{where}.ref", exc.message, f"{exc.hint} in {where}.ref")
+                        r.bad(f"{where}.ref", exc.message,
+                              f"pin {where}.ref to a version tag or a digest (e.g. postgres:16 or "
+                              "postgres@sha256:...): a moving tag can change between runs")
                 env_name = None
                 with r.section():
                     env_name = r.optional_string(m.get("env"), f"{where}.env")
@@ -506,8 +508,7 @@ def _cluster(r: _Reader, value: Any) -> tuple[ClusterConfig | None, list[PortMap
     count = len(r.problems)
     m: dict[str, Any] = {}
     with r.section():
-        m = r.mapping(value, "cluster", {"name", "node_image", "workers", "ports", "mounts", "kubeadm_patches"},
-                      {"name"})
+        m = r.mapping(value, "cluster", *schema.fields("cluster"))
     if not m:
         return None, None
     name = node_image = None
@@ -573,8 +574,7 @@ def _ports(r: _Reader, value: Any) -> list[PortMapping]:
         for i, p in enumerate(_list(r, value, "cluster.ports", "{container_port: 30080, host_port: 38080}")):
             where = f"cluster.ports[{i}]"
             with r.section():
-                pm = r.mapping(p, where, {"container_port", "host_port", "listen_address", "protocol"},
-                               {"container_port", "host_port"})
+                pm = r.mapping(p, where, *schema.fields("cluster.ports[]"))
                 count = len(r.problems)
                 container_port = host_port = 0
                 listen, protocol = "127.0.0.1", "TCP"
@@ -614,7 +614,7 @@ def _mounts(r: _Reader, value: Any) -> list[Mount]:
         for i, mt in enumerate(_list(r, value, "cluster.mounts", "{host_path: DIR, container_path: /DIR}")):
             where = f"cluster.mounts[{i}]"
             with r.section():
-                mm = r.mapping(mt, where, {"host_path", "container_path", "read_only"}, {"host_path", "container_path"})
+                mm = r.mapping(mt, where, *schema.fields("cluster.mounts[]"))
                 count = len(r.problems)
                 host = container = ""
                 read_only = False
@@ -640,7 +640,7 @@ def _service(r: _Reader, name: str, value: Any, root: Path) -> Service:
             suggestion = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-") or "web"
             r.bad(where, f"invalid service name {name!r}",
                   f"a service name is a DNS label: lowercase letters, digits and '-' (e.g. {suggestion})")
-    m = r.mapping(value, where, {*SOURCES, "depends_on", "ready", "timeout", "crash_restarts", "stable_seconds"})
+    m = r.mapping(value, where, *schema.fields("services.*"))
     given = [k for k in SOURCES if m.get(k) is not None]
     if not given:
         r.bad(where, "no source: the service needs manifests, helm or kustomize",
@@ -692,7 +692,7 @@ def _service(r: _Reader, name: str, value: Any, root: Path) -> Service:
 
 
 def _helm(r: _Reader, value: Any, where: str, service: str) -> HelmSource:
-    m = r.mapping(value, where, {"chart", "release", "values", "set", "namespace", "version"}, {"chart"})
+    m = r.mapping(value, where, *schema.fields("services.*.helm"))
     count = len(r.problems)
     chart: Path | None = None
     release = service
@@ -806,12 +806,12 @@ def _manifest_path(r: _Reader, rel: str, where: str, root: Path) -> Path:
 
 
 def _ready(r: _Reader, value: Any, where: str) -> tuple[HttpCheck | None, int | None]:
-    ready = r.mapping(value, where, {"http", "tcp"})
+    ready = r.mapping(value, where, *schema.fields("services.*.ready"))
     if ready.get("http") is not None and ready.get("tcp") is not None:
         r.bad(where, "both http and tcp are given", f"{where} takes one check: keep http or tcp")
     http = tcp = None
     if ready.get("http") is not None:
-        h = r.mapping(ready["http"], f"{where}.http", {"port", "path", "status"}, {"port"})
+        h = r.mapping(ready["http"], f"{where}.http", *schema.fields("services.*.ready.http"))
         count = len(r.problems)
         port = status = 0
         path = "/"

@@ -316,6 +316,7 @@ suite_case("context-missing", "context: ../../ctx", "context: ../../ctxx")
 suite_case("env-unset", "context: ../../ctx", "context: ../../ctx\n    build_args: {BASE: \"${env:KTI_NOT_SET}\"}")
 suite_case("image-built-and-external", "external_images:\n  db:", "external_images:\n  app:\n    ref: x/app:1\n  db:")
 suite_case("external-untagged", "ref: docker.io/library/postgres:16", "ref: postgres")
+suite_case("external-latest", "ref: docker.io/library/postgres:16", "ref: postgres:latest")
 suite_case("external-env-is-a-value", "env: KTI_DB_IMAGE", "env: postgres:16")
 suite_case("depends-on-unknown", "depends_on: [db]", "depends_on: [dbb]")
 suite_case("depends-on-cycle", "    manifests: [s/db.yaml]\n", "    manifests: [s/db.yaml]\n    depends_on: [web]\n")
@@ -404,6 +405,13 @@ def _all_ignored(ws: Workspace) -> Action:
 @case("override-not-a-reference")
 def _override(ws: Workspace) -> Action:
     ws.env["KTI_DB_IMAGE"] = "Postgres 16"
+    ws.names = "$KTI_DB_IMAGE"
+    return ws.preflight
+
+
+@case("override-latest")
+def _override_latest(ws: Workspace) -> Action:
+    ws.env["KTI_DB_IMAGE"] = "postgres:latest"
     ws.names = "$KTI_DB_IMAGE"
     return ws.preflight
 
