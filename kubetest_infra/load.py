@@ -50,6 +50,7 @@ from kubetest_infra.loadplan import (
     LABELS,
     LOAD,
     LOADED_LABEL,
+    PINNED,
     PROBE,
     NodePlan,
     NodeState,
@@ -120,6 +121,16 @@ def normalize_ref(ref: str) -> str:
     tag = f":{parsed.tag}" if parsed.tag else ""
     digest = f"@{parsed.digest}" if parsed.digest else ""
     return f"docker.io/{path}{tag}{digest}"
+
+
+def local_image(engine: Engine, ref: str) -> BuiltImage:
+    """A local image, by reference, as a :class:`BuiltImage` the loader accepts (``kti load``)."""
+    info = engine.inspect_image(ref)
+    if info is None:
+        raise LoadError(f"image {ref!r} is not present in the {engine.name} engine",
+                        hint=f"build or pull it first ('{engine.binary} images' lists what is there)")
+    return BuiltImage(name=ref, ref=ref, image_id=info.id, input_digest="", reused=True, build_seconds=0.0,
+                      digest_seconds=0.0, engine=engine.name, run_id="")
 
 
 def kind_node_names(cluster: str, control_planes: int = 1, workers: int = 0) -> list[str]:
@@ -321,11 +332,11 @@ class Loader:
         if len(set(refs)) != len(refs):
             raise LoadError(f"the same reference is loaded twice in one batch: {refs}",
                             hint="load each reference once")
-        local = {i.id: i for i in self.engine.inspect_images(refs)}
+        found = self.engine.inspect_images(refs)  # in argument order when every ref exists
+        local = found if len(found) == len(refs) else [self.engine.inspect_image(r) for r in refs]
         store = self.store
         jobs = []
-        for image in images:
-            info = next((i for i in local.values() if image.ref in i.repo_tags), None)
+        for image, info in zip(images, local, strict=True):
             if info is None or info.id != image.image_id:
                 raise LoadError(
                     f"{image.ref} does not resolve to the built image {image.image_id[:19]} in the "
@@ -438,9 +449,10 @@ class Loader:
             result = self._deliver(todo, sends, group, states)
             for node in group:
                 outcomes[node] = (*result[node], False)
-            partial = any(len(sends[j.name]) < len(j.diff_ids) for j in todo)
-            retry = [n for n in group if result[n][0] and partial and self._running(n)]
-            if retry:  # a layer the probe saw was collected meanwhile, or a partial import failed: send all
+            # Once more, whole, on a node that still runs: a layer the probe saw was collected meanwhile,
+            # or the node's containerd restarted (kind restarts it while creating a cluster with patches).
+            retry = [n for n in group if result[n][0] and self._running(n) and self._answers(n)]
+            if retry:
                 full = {j.name: tuple(range(len(j.diff_ids))) for j in todo}
                 again = self._deliver(todo, full, retry, states)
                 for node in retry:
@@ -470,6 +482,13 @@ class Loader:
     def _running(self, node: str) -> bool:
         res = self.engine.run("inspect", "-f", "{{.State.Running}}", node, check=False, timeout=30)
         return res.stdout.strip() == "true"
+
+    def _answers(self, node: str, timeout: float = 60) -> bool:
+        try:
+            self.wait_for_containerd(node, timeout)
+        except LoadError:
+            return False
+        return True
 
     def _node_problem(self, node: str, stderr: str) -> str:
         if not self._running(node):
@@ -613,8 +632,8 @@ class Loader:
             ours = [n for n in names if n in state.images and state.images[n].labels.get(LOADED_LABEL) == "true"]
             if not ours:
                 return []
-            if not remove:
-                unpin = [f"{k}=" for k in self.labels]
+            if not remove:  # unpin; the kti label stays: the record is still ours to remove later
+                unpin = [f"{k}=" for k in PINNED]
                 for name in ours:
                     self.engine.run("exec", node, "ctr", "-n", "k8s.io", "images", "label", name, *unpin, check=False,
                                     timeout=60)
