@@ -91,55 +91,83 @@ def _safe_relpath(name: str) -> str:
     return "/".join(parts)
 
 
+class LayerDir:
+    """A layer directory whose sub-directories are opened one component at a time, never through a
+    symlink, and kept open while the layer is replayed (one ``open`` per directory, not per file)."""
+
+    _DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    _FILE = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fds: dict[str, int] = {}
+
+    def __enter__(self) -> LayerDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def _dir_fd(self, rel: str) -> int:
+        fd = self._fds.get(rel)
+        if fd is None:
+            if rel:
+                parent, _, name = rel.rpartition("/")
+                fd = os.open(name, self._DIR, dir_fd=self._dir_fd(parent))
+            else:
+                fd = os.open(self.directory, self._DIR)
+            self._fds[rel] = fd
+        return fd
+
+    def read(self, name: str, size: int) -> Iterator[bytes]:
+        """Exactly ``size`` bytes of the regular file ``name`` (a tar member name) in this layer."""
+        rel = _safe_relpath(name)
+        parent, _, base = rel.rpartition("/")
+        try:
+            fd = os.open(base, self._FILE, dir_fd=self._dir_fd(parent))
+        except OSError as exc:
+            raise FormatError(f"layer file {rel}: {exc.strerror}") from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise FormatError(f"layer file {rel} is not a regular file")
+            left = size
+            while left:
+                chunk = os.read(fd, min(CHUNK, left))
+                if not chunk:
+                    raise FormatError(f"layer file {rel} is shorter than its recorded {size} bytes")
+                left -= len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
+
 def read_file_exact(directory: Path, name: str, size: int) -> Iterator[bytes]:
     """Exactly ``size`` bytes of a regular file under ``directory``, following no symlink on the way."""
-    rel = _safe_relpath(name)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        *dirs, base = rel.split("/")
-        for d in dirs:  # walk one component at a time so no symlinked directory is crossed
-            nxt = os.open(d, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0),
-                          dir_fd=dir_fd)
-            os.close(dir_fd)
-            dir_fd = nxt
-        fd = os.open(base, flags, dir_fd=dir_fd)
-    except OSError as exc:
-        os.close(dir_fd)
-        raise FormatError(f"layer file {rel}: {exc.strerror}") from exc
-    os.close(dir_fd)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FormatError(f"layer file {rel} is not a regular file")
-        left = size
-        while left:
-            chunk = os.read(fd, min(CHUNK, left))
-            if not chunk:
-                raise FormatError(f"layer file {rel} is shorter than its recorded {size} bytes")
-            left -= len(chunk)
-            yield chunk
-    finally:
-        os.close(fd)
+    with LayerDir(directory) as layer:
+        yield from layer.read(name, size)
 
 
 def replay(recipe: LayerRecipe) -> Iterator[bytes]:
     """The layer tar, coalesced into chunks of about 1 MiB (hashing is the caller's: :func:`oci.layer_entry`)."""
     buf = bytearray()
-    for item in recipe.items:
-        if isinstance(item, bytes):
-            buf += item
-        else:
-            for chunk in read_file_exact(recipe.directory, item[0], item[1]):
-                if not buf and len(chunk) >= CHUNK:
-                    yield chunk
-                    continue
-                buf += chunk
-                if len(buf) >= CHUNK:
-                    yield bytes(buf)
-                    buf.clear()
-        if len(buf) >= CHUNK:
-            yield bytes(buf)
-            buf.clear()
+    with LayerDir(recipe.directory) as layer:
+        for item in recipe.items:
+            if isinstance(item, bytes):
+                buf += item
+            else:
+                for chunk in layer.read(item[0], item[1]):
+                    if not buf and len(chunk) >= CHUNK:
+                        yield chunk
+                        continue
+                    buf += chunk
+                    if len(buf) >= CHUNK:
+                        yield bytes(buf)
+                        buf.clear()
+            if len(buf) >= CHUNK:
+                yield bytes(buf)
+                buf.clear()
     if buf:
         yield bytes(buf)
 
