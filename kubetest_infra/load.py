@@ -171,6 +171,14 @@ class _Job:
     def rootfs(self) -> str:
         return chain_ids(self.diff_ids)[-1] if self.diff_ids else ""
 
+    @property
+    def proven(self) -> str:
+        """A manifest digest already known to carry this image's config ("-" when none): ours, or the
+        one the node made from ``docker save`` once its config was read back and checked."""
+        if self.parts is not None:
+            return self.parts.manifest_digest
+        return self.staged_target or "-"
+
 
 @dataclass
 class _Counter:
@@ -261,7 +269,7 @@ class Loader:
                             "answers ('docker exec NODE ctr version')")
         return parse_probe(node, res.stdout)
 
-    def _run_load(self, node: str, quads: Sequence[tuple[str, str, str, str]], *, stale: Sequence[str] = (),
+    def _run_load(self, node: str, quads: Sequence[tuple[str, str, str, str, str]], *, stale: Sequence[str] = (),
                   labels: Mapping[str, str] | None = None) -> tuple[set[str], dict[str, str], dict[str, Readback]]:
         """Run :data:`LOAD` without an import: (names handled, names refused with why, read-backs)."""
         args = load_args(self.snapshotter, "-", do_import=False, stale=stale,
@@ -275,7 +283,7 @@ class Loader:
 
     def readback(self, node: str, pairs: Sequence[tuple[str, str]]) -> dict[str, Readback]:
         """What each (name, rootfs chain id) resolves to on ``node``: target, manifest, labels, rootfs."""
-        return self._run_load(node, [(n, "-", c, "-") for n, c in pairs], labels={})[2]
+        return self._run_load(node, [(n, "-", c, "-", "-") for n, c in pairs], labels={})[2]
 
     def wait_for_containerd(self, node: str, timeout: float = 180, interval: float = 0.5) -> float:
         """Wait until ``node``'s container exists and its containerd answers; the seconds waited.
@@ -311,7 +319,6 @@ class Loader:
             raise LoadError(f"no nodes to load {', '.join(i.ref for i in images)} into",
                             hint="create the cluster first")
         started = time.monotonic()
-        jobs = self._jobs(images)
         nodes = list(dict.fromkeys(nodes))
         with ExitStack() as stack:
             for node in sorted(nodes):
@@ -319,7 +326,11 @@ class Loader:
             if wait_for_nodes is not None:
                 with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="kti-wait") as pool:
                     list(pool.map(lambda n: self.wait_for_containerd(n, wait_for_nodes), nodes))
-            self._load_locked(jobs, nodes)
+            with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="kti-probe") as pool:
+                probes = [pool.submit(self._timed_probe, n) for n in nodes]  # while the engine side is read
+                jobs = self._jobs(images)
+                timed = [p.result() for p in probes]
+            self._load_locked(jobs, nodes, timed)
         total = time.monotonic() - started
         return [LoadedImage(j.image.ref, j.image.image_id, tuple(j.done[n] for n in nodes), total) for j in jobs]
 
@@ -356,9 +367,7 @@ class Loader:
         out = self.engine.run("image", "inspect", ref, "--format", "{{json .RootFS.Layers}}").stdout
         return tuple(json.loads(out or "[]") or ())
 
-    def _load_locked(self, jobs: list[_Job], nodes: list[str]) -> None:
-        with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="kti-probe") as pool:
-            timed = list(pool.map(self._timed_probe, nodes))
+    def _load_locked(self, jobs: list[_Job], nodes: list[str], timed: list[tuple[NodeState, float]]) -> None:
         states = {s.node: s for s, _ in timed}
         probe_s = {s.node: t for s, t in timed}
         plans = {(n, j.name): self._plan(j, states[n]) for n in nodes for j in jobs}
@@ -403,7 +412,8 @@ class Loader:
         quads = []
         for job in todo:
             source = plans[node, job.name].retag_from
-            quads.append((source, job.name, job.rootfs, state.images[source].target if source != "-" else "-"))
+            expect = state.images[source].target if source != "-" else "-"
+            quads.append((source, job.name, job.rootfs, expect, job.proven))
         _, _, found = self._run_load(node, quads)
         for job in todo:
             if self._problem(job, found.get(job.name)):  # did not verify: send the bytes instead
@@ -423,7 +433,7 @@ class Loader:
         name = name or job.name
         if rb is None or not rb.target:
             return "missing"
-        if rb.config_digest != job.image.image_id:
+        if rb.target != job.proven and rb.config_digest != job.image.image_id:
             return f"resolves to {rb.config_digest or rb.target}"
         if rb.layer_digests and len(rb.layer_digests) != len(job.diff_ids):
             return f"its manifest lists {len(rb.layer_digests)} layers, the image has {len(job.diff_ids)}"
@@ -507,9 +517,11 @@ class Loader:
         counter = _Counter()
         layers = all(j.parts is not None for j in todo)
         if layers:  # the manifest digest is known: the node verifies and names in the same exec
-            quads = [(j.staging, j.name, j.rootfs, j.parts.manifest_digest) for j in todo if j.parts]
+            quads = [(j.staging, j.name, j.rootfs, j.proven, j.proven) for j in todo]
         else:  # `docker save`: the manifest is made by the node; stage, read back, verify here, then name
-            quads = [(j.staging, "-", j.rootfs, "-") for j in todo]
+            for job in todo:
+                job.staged_target = ""
+            quads = [(j.staging, "-", j.rootfs, "-", "-") for j in todo]
         importers = [[self.engine.binary, "exec", "-i", node, "sh", "-c", LOAD, "kti",
                       *load_args(self.snapshotter, platform, do_import=True, stale=stale[node], labels=self.labels,
                                  quads=quads)] for node in group]
@@ -557,7 +569,8 @@ class Loader:
 
     def _name_staged(self, node: str, todo: list[_Job]) -> str:
         """Archive path: the staged images verified here; give them their names (verified again)."""
-        _, failed, found = self._run_load(node, [(j.staging, j.name, j.rootfs, j.staged_target) for j in todo])
+        quads = [(j.staging, j.name, j.rootfs, j.staged_target, j.staged_target) for j in todo]
+        _, failed, found = self._run_load(node, quads)
         for job in todo:
             problem = failed.get(job.name) or self._problem(job, found.get(job.name))
             if problem:

@@ -43,53 +43,58 @@ echo @snapshots; ctr -n k8s.io snapshots --snapshotter "$1" ls || exit 4
 """
 
 # One exec per node and step (POSIX sh, every value a positional parameter, never script text):
-#   SNAPSHOTTER PLATFORM IMPORT(0|1) N_STALE STALE... N_LABELS LABEL... then quads FROM TO CHAIN EXPECT
+#   SNAPSHOTTER PLATFORM IMPORT(0|1) N_STALE STALE... N_LABELS LABEL... then FROM TO CHAIN EXPECT PROVEN
 # IMPORT=1: `ctr images import` of stdin first (an archive naming each image FROM, a staging name).
-# Per quad: tag FROM as TO only if FROM's target is EXPECT and snapshot CHAIN is committed; TO "-":
+# Per image: tag FROM as TO only if FROM's target is EXPECT and snapshot CHAIN is committed; TO "-":
 # only report FROM; FROM "-": only label TO. Staging records (FROM) go once handled; stale ones too.
-# Then every name handled is read back: record line, the manifest it points at, rootfs committed.
+# Then every name handled is read back: its record line, whether CHAIN is committed and, unless it
+# points at PROVEN (a manifest digest already verified, which covers the config), that manifest.
+# ctr runs a fixed number of times plus two per image (tag, label): each run costs 30-100 ms.
 LOAD = r"""
 sn=$1; plat=$2; imp=$3; shift 3
 if [ "$imp" = 1 ]; then ctr -n k8s.io images import --platform "$plat" --snapshotter="$sn" - >/dev/null || exit $?; fi
-n=$1; shift; i=0
-while [ $i -lt "$n" ]; do ctr -n k8s.io images rm "$1" >/dev/null 2>&1; shift; i=$((i+1)); done
+n=$1; shift; i=0; drop=""
+while [ $i -lt "$n" ]; do drop="$drop $1"; shift; i=$((i+1)); done
 nl=$1; shift; labels=""; i=0
 while [ $i -lt "$nl" ]; do labels="$labels $1"; shift; i=$((i+1)); done
-listing=$(ctr -n k8s.io images ls)
-target() { echo "$listing" | awk -v n="$1" '$1 == n {print $3}'; }
-committed() { ctr -n k8s.io snapshots --snapshotter "$sn" info "$1" 2>/dev/null | grep -q '"Committed"'; }
-report=""
 case "$labels" in *[!a-zA-Z0-9./_=\ -]*) echo "@failed - unsafe labels"; exit 2;; esac
-while [ $# -ge 4 ]; do
-  f=$1; t=$2; c=$3; e=$4; shift 4
-  if [ "$t" = "-" ]; then report="$report $f:$c"; continue; fi
+listing=$(ctr -n k8s.io images ls) || exit 3
+snaps=$(ctr -n k8s.io snapshots --snapshotter "$sn" ls) || exit 4
+target() { echo "$listing" | awk -v n="$1" '$1 == n {print $3}'; }
+committed() { echo "$snaps" | awk -v c="$1" '$1 == c && $NF == "Committed" {f=1} END {exit !f}'; }
+report=""
+while [ $# -ge 5 ]; do
+  f=$1; t=$2; c=$3; e=$4; p=$5; shift 5
+  if [ "$t" = "-" ]; then report="$report $f|$c|$p"; continue; fi
   ok=0
   if [ "$f" = "-" ]; then ok=1
   elif [ "$(target "$f")" = "$e" ] && committed "$c"; then
     if ctr -n k8s.io images tag --force "$f" "$t" >/dev/null; then ok=1; else echo "@failed $t tag"; fi
   else echo "@failed $t $f is $(target "$f") not $e"; fi
-  case "$f" in kti-staging.local/*) ctr -n k8s.io images rm "$f" >/dev/null 2>&1;; esac
+  case "$f" in kti-staging.local/*) drop="$drop $f";; esac
   if [ $ok = 1 ]; then
     if [ -z "$labels" ] || ctr -n k8s.io images label "$t" $labels >/dev/null; then echo "@handled $t"
     else echo "@unlabelled $t"; fi
   fi
-  report="$report $t:$c"
+  report="$report $t|$c|$p"
 done
+[ -n "$drop" ] && ctr -n k8s.io images rm $drop >/dev/null 2>&1
 listing=$(ctr -n k8s.io images ls)
-for pair in $report; do
-  name=${pair%:sha256:*}; chain=sha256:${pair##*:sha256:}
+snaps=$(ctr -n k8s.io snapshots --snapshotter "$sn" ls)
+for item in $report; do
+  name=${item%%|*}; rest=${item#*|}; chain=${rest%%|*}; exp=${rest#*|}
   line=$(echo "$listing" | awk -v n="$name" '$1 == n')
   d=$(echo "$line" | awk '{print $3}')
   echo "@name $name"
   echo "@line $line"
-  if [ -n "$d" ]; then echo "@manifest"; ctr -n k8s.io content get "$d"; echo; fi
+  if [ -n "$d" ] && [ "$d" != "$exp" ]; then echo "@manifest"; ctr -n k8s.io content get "$d"; echo; fi
   if committed "$chain"; then echo "@snapshot yes"; else echo "@snapshot no"; fi
 done
 """
 
 
 def load_args(snapshotter: str, platform: str, *, do_import: bool, stale: Sequence[str],
-              labels: Mapping[str, str], quads: Sequence[tuple[str, str, str, str]]) -> list[str]:
+              labels: Mapping[str, str], quads: Sequence[tuple[str, str, str, str, str]]) -> list[str]:
     """The positional parameters of :data:`LOAD` (a pure function, unit-tested)."""
     label_args = [f"{k}={v}" for k, v in sorted(labels.items())]
     if any(not re.fullmatch(r"[a-zA-Z0-9./_-]+=[a-zA-Z0-9./_-]*", a) for a in label_args):

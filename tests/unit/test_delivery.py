@@ -291,10 +291,10 @@ def test_staging_names_are_references_and_only_old_ones_are_stale() -> None:
 def test_load_args_put_every_value_in_positional_parameters() -> None:
     args = load_args("overlayfs", "linux/amd64", do_import=True, stale=["kti-staging.local/s1-aa:0"],
                      labels={"io.cri-containerd.pinned": "pinned"},
-                     quads=[("kti-staging.local/s9-bb:0", "localhost/a:b", "sha256:c", "sha256:m")])
+                     quads=[("kti-staging.local/s9-bb:0", "localhost/a:b", "sha256:c", "sha256:m", "-")])
     assert args == ["overlayfs", "linux/amd64", "1", "1", "kti-staging.local/s1-aa:0", "1",
                     "io.cri-containerd.pinned=pinned", "kti-staging.local/s9-bb:0", "localhost/a:b", "sha256:c",
-                    "sha256:m"]
+                    "sha256:m", "-"]
     with pytest.raises(ValueError, match="labels"):
         load_args("o", "p", do_import=False, stale=[], labels={"a": "x; rm -rf /"}, quads=[])
 
