@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import IO, Any, Literal
 
 from kubetest_infra.build import BuiltImage
@@ -205,6 +206,7 @@ class Loader:
         self._store_checked = False
         self._guard = threading.Lock()
         self._node_locks: dict[str, threading.Lock] = {}
+        self._began = time.time()  # when the current load started (a node restarted since then is reported)
 
     # -- what the engine and nodes hold ----------------------------------------------------
     @property
@@ -319,6 +321,7 @@ class Loader:
             raise LoadError(f"no nodes to load {', '.join(i.ref for i in images)} into",
                             hint="create the cluster first")
         started = time.monotonic()
+        self._began = time.time()
         nodes = list(dict.fromkeys(nodes))
         with ExitStack() as stack:
             for node in sorted(nodes):
@@ -461,7 +464,7 @@ class Loader:
                 outcomes[node] = (*result[node], False)
             # Once more, whole, on a node that still runs: a layer the probe saw was collected meanwhile,
             # or the node's containerd restarted (kind restarts it while creating a cluster with patches).
-            retry = [n for n in group if result[n][0] and self._running(n) and self._answers(n)]
+            retry = [n for n in group if result[n][0] and not self._restarted(n) and self._answers(n)]
             if retry:
                 full = {j.name: tuple(range(len(j.diff_ids))) for j in todo}
                 again = self._deliver(todo, full, retry, states)
@@ -490,8 +493,23 @@ class Loader:
                             "('kti doctor'); nothing was tagged on a node where the import did not verify")
 
     def _running(self, node: str) -> bool:
-        res = self.engine.run("inspect", "-f", "{{.State.Running}}", node, check=False, timeout=30)
-        return res.stdout.strip() == "true"
+        return self._container(node)[0]
+
+    def _container(self, node: str) -> tuple[bool, float]:
+        """Whether the node's container runs, and when it (re)started (epoch seconds; 0 if unknown)."""
+        res = self.engine.run("inspect", "-f", "{{.State.Running}} {{.State.StartedAt}}", node, check=False,
+                              timeout=30)
+        running, _, started = res.stdout.strip().partition(" ")
+        try:  # RFC 3339 with nanoseconds: keep seconds
+            stamp = datetime.strptime(started[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            stamp = 0.0
+        return running == "true", stamp
+
+    def _restarted(self, node: str) -> bool:
+        """The node's container stopped, or started again, since this load began."""
+        running, started = self._container(node)
+        return not running or started >= self._began - 1
 
     def _answers(self, node: str, timeout: float = 60) -> bool:
         try:
@@ -501,8 +519,11 @@ class Loader:
         return True
 
     def _node_problem(self, node: str, stderr: str) -> str:
-        if not self._running(node):
-            return "its container is not running (stopped or removed during the load)"
+        running, started = self._container(node)
+        if not running:
+            return "its container is not running (stopped, killed or removed during the load)"
+        if started >= self._began - 1:
+            return "its container restarted during the load (killed or crashed, then restarted by docker)"
         return stderr.strip()[-300:] or "no output"
 
     def _deliver(self, todo: list[_Job], sends: Mapping[str, tuple[int, ...]], group: list[str],

@@ -52,12 +52,19 @@ echo @snapshots; ctr -n k8s.io snapshots --snapshotter "$1" ls || exit 4
 # ctr runs a fixed number of times plus two per image (tag, label): each run costs 30-100 ms.
 LOAD = r"""
 sn=$1; plat=$2; imp=$3; shift 3
-if [ "$imp" = 1 ]; then ctr -n k8s.io images import --platform "$plat" --snapshotter="$sn" - >/dev/null || exit $?; fi
 n=$1; shift; i=0; drop=""
 while [ $i -lt "$n" ]; do drop="$drop $1"; shift; i=$((i+1)); done
 nl=$1; shift; labels=""; i=0
 while [ $i -lt "$nl" ]; do labels="$labels $1"; shift; i=$((i+1)); done
 case "$labels" in *[!a-zA-Z0-9./_=\ -]*) echo "@failed - unsafe labels"; exit 2;; esac
+if [ "$imp" = 1 ]; then
+  ctr -n k8s.io images import --platform "$plat" --snapshotter="$sn" - >/dev/null; rc=$?
+  if [ $rc != 0 ]; then  # containerd 1.6 names images before it unpacks: drop what this import staged
+    staged=""; for a in "$@"; do case "$a" in kti-staging.local/*) staged="$staged $a";; esac; done
+    [ -n "$staged" ] && ctr -n k8s.io images rm $staged >/dev/null 2>&1
+    exit $rc
+  fi
+fi
 listing=$(ctr -n k8s.io images ls) || exit 3
 snaps=$(ctr -n k8s.io snapshots --snapshotter "$sn" ls) || exit 4
 target() { echo "$listing" | awk -v n="$1" '$1 == n {print $3}'; }
