@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -206,7 +207,8 @@ class Loader:
         self._store_checked = False
         self._guard = threading.Lock()
         self._node_locks: dict[str, threading.Lock] = {}
-        self._began = time.time()  # when the current load started (a node restarted since then is reported)
+        # when the load holding each node's lock began: a node (re)started since then is reported as such
+        self._began: dict[str, float] = {}
 
     # -- what the engine and nodes hold ----------------------------------------------------
     @property
@@ -321,11 +323,11 @@ class Loader:
             raise LoadError(f"no nodes to load {', '.join(i.ref for i in images)} into",
                             hint="create the cluster first")
         started = time.monotonic()
-        self._began = time.time()
         nodes = list(dict.fromkeys(nodes))
         with ExitStack() as stack:
             for node in sorted(nodes):
                 stack.enter_context(self._node_lock(node))
+                self._began[node] = time.time()
             if wait_for_nodes is not None:
                 with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="kti-wait") as pool:
                     list(pool.map(lambda n: self.wait_for_containerd(n, wait_for_nodes), nodes))
@@ -509,7 +511,7 @@ class Loader:
     def _restarted(self, node: str) -> bool:
         """The node's container stopped, or started again, since this load began."""
         running, started = self._container(node)
-        return not running or started >= self._began - 1
+        return not running or started >= self._began.get(node, math.inf) - 1
 
     def _answers(self, node: str, timeout: float = 60) -> bool:
         try:
@@ -522,7 +524,7 @@ class Loader:
         running, started = self._container(node)
         if not running:
             return "its container is not running (stopped, killed or removed during the load)"
-        if started >= self._began - 1:
+        if started >= self._began.get(node, math.inf) - 1:
             return "its container restarted during the load (killed or crashed, then restarted by docker)"
         return stderr.strip()[-300:] or "no output"
 
