@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from kubetest_infra.build import BuildSpec, BuiltImage
-from kubetest_infra.cluster import ClusterConfig, KindClusters
-from kubetest_infra.load import LoadedImage, Loader, LoadError, kind_node_names, normalize_ref
-from kubetest_infra.loadplan import LOADED_LABEL, STAGING_DOMAIN, NodeState
+from kubetest_infra.load import Loader, normalize_ref
+from kubetest_infra.loadplan import LOADED_LABEL, STAGING_DOMAIN
 from kubetest_infra.oci import chain_ids
 from tests.integration.conftest import _base_image
 from tests.kind.conftest import CLUSTER, KindEnv
@@ -169,89 +166,6 @@ def test_without_the_engine_store_a_docker_save_is_staged_verified_and_named(kin
         assert STAGING_DOMAIN not in ctr(node, "images", "ls", "-q")
     # the layer path recognises what the archive path loaded: the manifests are the same bytes
     assert all(n.action == "present" for n in kind_env.loader.load(image, nodes).nodes)
-
-
-@dataclass
-class Lone:
-    clusters: KindClusters
-    node: str
-    early: BuiltImage
-    loaded: LoadedImage
-    load_done: float  # seconds after `kind create` started
-    created: float
-
-
-@pytest.fixture(scope="module")
-def lone(kind_env: KindEnv, busybox_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lone]:
-    """A one-node cluster of its own (its node gets killed), created while an image is loaded into it."""
-    name = f"{CLUSTER}-lone"
-    clusters = KindClusters(kind_env.engine, state_dir=kind_env.state_dir, kind_binary=kind_env.clusters.kind)
-    if clusters.exists(name):
-        clusters.delete(name)  # a leftover of an interrupted session: never load into a node about to go
-    image = layered(kind_env, tmp_path_factory.mktemp("early"), "early", busybox_image, 8, b"early")
-    node = kind_node_names(name)[0]
-    created: dict[str, float] = {}
-    started = time.monotonic()
-
-    def create() -> None:
-        clusters.ensure(ClusterConfig(name, node_image=kind_env.config.node_image))
-        created["at"] = time.monotonic() - started
-
-    creator = threading.Thread(target=create)
-    creator.start()
-    try:
-        loaded = Loader(kind_env.engine).load_many([image], [node], wait_for_nodes=300)[0]
-        load_done = time.monotonic() - started
-        creator.join()
-        assert "at" in created, "kind create failed (see the output above)"
-        yield Lone(clusters, node, image, loaded, load_done, created["at"])
-    finally:
-        creator.join()
-        clusters.delete(name)
-
-
-def test_a_load_can_start_before_the_cluster_is_ready_and_verifies_after(kind_env: KindEnv, lone: Lone) -> None:
-    assert lone.loaded.nodes[0].action == "loaded"
-    # the node's containerd answered long before kubeadm finished: the load was over before `kind create`
-    assert lone.load_done < lone.created, (lone.load_done, lone.created)
-    Loader(kind_env.engine).verify(lone.early, [lone.node])  # still there once the cluster is Ready
-
-
-def test_a_node_killed_mid_load_is_a_clear_error_and_leaves_no_image_record(
-        kind_env: KindEnv, python_image: str, tmp_path: Path, lone: Lone) -> None:
-    node = lone.node
-    image = layered(kind_env, tmp_path / "k", "killed", python_image, 40, b"k")
-    loader = Loader(kind_env.engine)
-    killed = threading.Event()
-
-    def kill_when_ingesting() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if "tar-" in ctr(node, "content", "active", check=False):  # the importer is writing blobs
-                subprocess.run(["docker", "kill", node], capture_output=True, check=True)
-                killed.set()
-                return
-            time.sleep(0.1)
-
-    killer = threading.Thread(target=kill_when_ingesting, daemon=True)
-    killer.start()
-    with pytest.raises(LoadError) as info:
-        loader.load(image, [node])
-    killer.join()
-    assert killed.is_set()
-    assert node in str(info.value)
-    assert "during the load" in str(info.value)  # kind's nodes restart on failure: killed, then restarted
-    assert "Hint:" in str(info.value)
-
-    subprocess.run(["docker", "start", node], capture_output=True, check=True)
-    loader.wait_for_containerd(node, timeout=120)
-    names = ctr(node, "images", "ls", "-q").split()
-    assert normalize_ref(image.ref) not in names  # no half-imported image under the name the kubelet uses
-    state: NodeState = loader.probe(node)
-    assert normalize_ref(image.ref) not in state.images
-    # a later load succeeds on the restarted node
-    assert loader.load(image, [node]).nodes[0].action == "loaded"
-    assert loader.node_image_id(node, image.ref) == image.image_id
 
 
 CONTAINERD2 = os.environ.get("KTI_CONTAINERD2", "")  # a directory with containerd and ctr 2.x binaries
