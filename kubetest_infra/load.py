@@ -521,12 +521,18 @@ class Loader:
         return True
 
     def _node_problem(self, node: str, stderr: str) -> str:
-        running, started = self._container(node)
-        if not running:
-            return "its container is not running (stopped, killed or removed during the load)"
-        if started >= self._began.get(node, math.inf) - 1:
-            return "its container restarted during the load (killed or crashed, then restarted by docker)"
-        return stderr.strip()[-300:] or "no output"
+        """Why an exec on ``node`` failed. An exec cut off by its container's end has no output, and the
+        engine reports the container's exit a moment later: give that state a few seconds to settle."""
+        for attempt in range(8):
+            running, started = self._container(node)
+            if not running:
+                return "its container is not running (stopped, killed or removed during the load)"
+            if started >= self._began.get(node, math.inf) - 1:
+                return "its container restarted during the load (killed or crashed, then restarted)"
+            if stderr.strip() or attempt == 7:
+                break
+            time.sleep(0.5)
+        return stderr.strip()[-300:] or "the exec ended with no output"
 
     def _deliver(self, todo: list[_Job], sends: Mapping[str, tuple[int, ...]], group: list[str],
                  states: Mapping[str, NodeState]) -> dict[str, tuple[str, float, int]]:
