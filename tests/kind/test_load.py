@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,3 +222,24 @@ def test_containerd_2x_imports_both_archive_paths(kind_env: KindEnv, busybox_ima
     labels = next(x for x in ctr(node, "images", "ls").splitlines() if x.startswith(normalize_ref(saved.ref)))
     assert "io.cri-containerd.pinned=pinned" in labels
     assert STAGING_DOMAIN not in ctr(node, "images", "ls", "-q")
+
+
+def test_kti_load_is_a_verified_drop_in_for_kind_load(kind_env: KindEnv, busybox_image: str, tmp_path: Path) -> None:
+    image = layered(kind_env, tmp_path / "cli", "clilo", busybox_image, 1, b"cli")
+    env = {**os.environ, "KTI_STATE_DIR": str(kind_env.state_dir), "KTI_KIND": kind_env.clusters.kind}
+    cmd = [sys.executable, "-m", "kubetest_infra.cli", "load", image.ref, "--name", kind_env.cluster.name, "--json"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)  # stdout is the JSON document and nothing else
+    assert doc["layer_store"] == "read directly"
+    [loaded] = doc["images"]
+    assert loaded["image_id"] == image.image_id
+    assert {n["node"] for n in loaded["nodes"]} == set(kind_env.cluster.nodes)
+    assert all(n["action"] == "loaded" and n["layers_total"] == len(diff_ids(image.ref)) for n in loaded["nodes"])
+    again = subprocess.run(cmd[:-1], capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    assert [line.split("\t")[2] for line in again] == ["present"] * len(kind_env.cluster.nodes)
+    missing = subprocess.run([*cmd[:4], "localhost/not-built:nope", "--name", kind_env.cluster.name],
+                             capture_output=True, text=True, env=env, check=False)
+    assert missing.returncode == 1
+    assert "not present" in missing.stderr
+    assert "Hint:" in missing.stderr
