@@ -9,15 +9,16 @@ Unit tests inject a recorded runner through the same :class:`Runner` protocol.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import IO, Any, Protocol, cast
 
 from kubetest_infra import fanout
 from kubetest_infra.errors import CommandError, CommandTimeoutError
@@ -56,6 +57,7 @@ def terminate_children() -> int:
     return len(live)
 
 REDACTED = "***"
+CHUNK_BYTES = 1 << 20
 _AFTER_KILL = 1.0  # seconds a killed command gets to release its pipes (SIGKILL: at once, unless a child holds them)
 # Keys whose values are secrets when passed as KEY=VALUE (build args, env).
 _SECRET_KEY = re.compile(r"(pass(word|wd)?|secret|token|api[_-]?key|credential|auth|private[_-]?key)", re.I)
@@ -98,13 +100,25 @@ class Runner(Protocol):
         ...
 
     def pipe(self, producer: Sequence[str], consumers: Sequence[Sequence[str]], *,
-             timeout: float | None = None) -> list[CommandResult]:
+             timeout: float | None = None,
+             transform: Callable[[IO[bytes]], Iterable[bytes]] | None = None) -> list[CommandResult]:
         """Stream ``producer``'s stdout into every consumer's stdin at once (no temp file).
 
         Returns one result per consumer (check their return codes: one failing consumer does not
         stop the others). Raises :class:`CommandError` if the producer fails, or if a consumer
         stopped reading before the end of the stream yet exited 0; :class:`CommandTimeoutError`
         when ``timeout`` passes, naming the side that stalled and what it waited for.
+        ``transform`` (optional) turns the producer's stdout into the bytes sent (e.g. an archive
+        re-emitted with other names); an exception it raises ends the consumers' input and propagates.
+        """
+        ...
+
+    def stream(self, source: Iterable[bytes], consumers: Sequence[Sequence[str]], *,
+               timeout: float | None = None) -> list[CommandResult]:
+        """Like :meth:`pipe`, with the bytes made in this process (e.g. an archive assembled on the fly).
+
+        An exception raised by ``source`` ends every consumer's input early and propagates once they
+        have exited (bounded by ``timeout`` like the rest).
         """
         ...
 
@@ -202,7 +216,8 @@ class SubprocessRunner:
 
 
     def pipe(self, producer: Sequence[str], consumers: Sequence[Sequence[str]], *,
-             timeout: float | None = None) -> list[CommandResult]:
+             timeout: float | None = None,
+             transform: Callable[[IO[bytes]], Iterable[bytes]] | None = None) -> list[CommandResult]:
         shown_p = self.redactor.argv(producer)
         shown_cs = [self.redactor.argv(c) for c in consumers]
         log.debug("pipe: %s | %s", " ".join(shown_p), " & ".join(" ".join(c) for c in shown_cs))
@@ -225,8 +240,11 @@ class SubprocessRunner:
             assert prod.stdout is not None
             assert prod.stderr is not None
             transfer.drain(prod.stderr.fileno(), prod_err)
+            chunks = fanout.read_fd(prod.stdout.fileno(), transfer.halt, source)
+            if transform is not None:
+                chunks = iter(transform(cast("IO[bytes]", io.BufferedReader(_ChunkReader(chunks), CHUNK_BYTES))))
             outcome = transfer.run(
-                fanout.read_fd(prod.stdout.fileno(), transfer.halt, source), others=[prod],
+                chunks, others=[prod],
                 on_stall=lambda: fanout.stall_error(transfer, prod, shown_p, prod_err, self.redactor.text))
         finally:
             _kill(p for p in every if p.poll() is None)
@@ -236,12 +254,73 @@ class SubprocessRunner:
         seconds = time.monotonic() - started
         if prod.returncode != 0 and not outcome.all_closed:
             raise CommandError(shown_p, prod.returncode, "", self.redactor.text(_decode(b"".join(prod_err))))
+        return self._results(outcome, seconds)
+
+    def stream(self, source: Iterable[bytes], consumers: Sequence[Sequence[str]], *,
+               timeout: float | None = None) -> list[CommandResult]:
+        shown_cs = [self.redactor.argv(c) for c in consumers]
+        log.debug("stream: (bytes) | %s", " & ".join(" ".join(c) for c in shown_cs))
+        started = time.monotonic()
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for argv, shown in zip(consumers, shown_cs, strict=True):
+                procs.append(_popen(argv, shown, stdin=subprocess.PIPE))
+        except CommandError:
+            _kill(procs)
+            raise
+        try:
+            side = [fanout.Consumer(p, s, fanout.Activity(f"consumer {fanout.describe(s)}"))
+                    for p, s in zip(procs, shown_cs, strict=True)]
+            origin = fanout.Activity("the byte source of this process")
+            transfer = fanout.Transfer(side, origin, timeout=timeout)
+            outcome = transfer.run(_counted(iter(source), origin),
+                                   on_stall=lambda: fanout.stall_error(transfer, None, ("(bytes)",), [],
+                                                                       self.redactor.text))
+        finally:
+            _kill(p for p in procs if p.poll() is None)
+            for p in procs:
+                _untrack(p)
+                _close(p)
+        return self._results(outcome, time.monotonic() - started)
+
+    def _results(self, outcome: fanout.Outcome, seconds: float) -> list[CommandResult]:
+        if outcome.source_error is not None and not outcome.all_closed:  # (every consumer gone: theirs is the story)
+            raise outcome.source_error
         hidden = fanout.early_exits(outcome, self.redactor.text)
         if hidden is not None:
             raise hidden
         return [CommandResult(c.shown, c.proc.returncode, self.redactor.text(_decode(b"".join(c.stdout))),
                               self.redactor.text(_decode(b"".join(c.stderr))), seconds)
                 for c in outcome.consumers]
+
+
+def _counted(chunks: Iterator[bytes], activity: fanout.Activity) -> Iterator[bytes]:
+    """``chunks``, with the source's activity kept for the watchdog's stall report."""
+    for chunk in chunks:
+        activity.progressed(len(chunk))
+        yield chunk
+    activity.now("ended")
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of chunks (a producer's stdout, for ``pipe(transform=…)``)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            self._pending = next(self._chunks, b"")
+            if not self._pending:
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
 
 
 def _close(proc: subprocess.Popen[bytes]) -> None:

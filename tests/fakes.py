@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kubetest_infra.errors import CommandError
@@ -17,6 +17,7 @@ class RecordingRunner:
 
     responses: list[tuple[tuple[str, ...], tuple[int, str, str]]] = field(default_factory=list)
     calls: list[tuple[str, ...]] = field(default_factory=list)
+    streamed: list[bytes] = field(default_factory=list)  # what each stream() call carried
 
     def on(self, prefix: Sequence[str], returncode: int = 0, stdout: str = "", stderr: str = "") -> RecordingRunner:
         self.responses.append((tuple(prefix), (returncode, stdout, stderr)))
@@ -43,5 +44,10 @@ class RecordingRunner:
         raise AssertionError(f"unexpected command: {call}")
 
     def pipe(self, producer: Sequence[str], consumers: Sequence[Sequence[str]], *,
-             timeout: float | None = None) -> list[CommandResult]:
+             timeout: float | None = None, transform: object = None) -> list[CommandResult]:
         return [self.run([*producer, "|", *c], timeout=timeout, check=False) for c in consumers]
+
+    def stream(self, source: Iterable[bytes], consumers: Sequence[Sequence[str]], *,
+               timeout: float | None = None) -> list[CommandResult]:
+        self.streamed.append(b"".join(source))
+        return [self.run(["(stream)", "|", *c], timeout=timeout, check=False) for c in consumers]

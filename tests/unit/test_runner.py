@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Iterator
 
 import pytest
 
@@ -176,3 +178,27 @@ def test_pipe_redacts_what_a_stalled_side_printed() -> None:
     with pytest.raises(CommandTimeoutError) as info:
         runner.pipe(producer, [["cat"]], timeout=0.5)
     assert "auth ***" in str(info.value) and "hunter2" not in str(info.value)
+
+
+def test_stream_fans_bytes_made_in_process_out_to_every_consumer() -> None:
+    chunks = (bytes([i]) * 700_000 for i in range(5))
+    results = SubprocessRunner().stream(chunks, [["wc", "-c"], ["sha256sum"]], timeout=60)
+    assert results[0].stdout.strip() == "3500000"
+    expected = hashlib.sha256(b"".join(bytes([i]) * 700_000 for i in range(5))).hexdigest()
+    assert results[1].stdout.split()[0] == expected
+
+
+def test_stream_ends_the_consumers_input_and_reraises_when_the_source_fails() -> None:
+    def source() -> Iterator[bytes]:
+        yield b"a" * 2_000_000
+        raise ValueError("layer does not hash to its digest")
+
+    with pytest.raises(ValueError, match="does not hash"):
+        SubprocessRunner().stream(source(), [["wc", "-c"]], timeout=60)
+
+
+def test_pipe_can_transform_the_producers_bytes() -> None:
+    producer = ["python3", "-c", "import sys; sys.stdout.write('abc' * 1000)"]
+    results = SubprocessRunner().pipe(producer, [["wc", "-c"]], timeout=60,
+                                      transform=lambda out: (out.read().upper() + b"!",))
+    assert results[0].stdout.strip() == "3001"
