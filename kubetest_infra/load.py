@@ -513,6 +513,11 @@ class Loader:
         running, started = self._container(node)
         return not running or started >= self._began.get(node, math.inf) - 1
 
+    def answers(self, node: str) -> bool:
+        """Whether ``node``'s container runs and its containerd answers now (one try)."""
+        res = self.engine.run("exec", node, "ctr", "-n", "k8s.io", "version", check=False, timeout=30)
+        return res.returncode == 0 and "Server:" in res.stdout
+
     def _answers(self, node: str, timeout: float = 60) -> bool:
         try:
             self.wait_for_containerd(node, timeout)

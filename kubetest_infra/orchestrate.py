@@ -5,12 +5,17 @@ Tasks (see :mod:`kubetest_infra.graph`)::
     build:<image>        every suite image, at once, beside the cluster
     external:<image>     the override, the public ref if present or pullable, else a local build
     cluster              create or reuse the Kind cluster (same engine as the builds)
+    nodes                the nodes to load into: while this run creates the cluster, as soon as
+                         every node's containerd answers (seconds into ``kind create``, long before
+                         kubeadm is done); otherwise the cluster's nodes once ``cluster`` is done
     namespace            the suite namespace                              ← cluster
-    load:<image>         into every node, as soon as image and cluster exist
+    load:<image>         into every node (layer-aware, verified, pinned)   ← its image, nodes
     service:<name>       its source (manifests, a chart, an overlay: :mod:`.sources`), render,
                          apply, wait — a chart in phases: pre hooks, the release, post hooks
                          (:mod:`.hooks`) — then traffic hand-over, then the HTTP/TCP check
                                                  ← namespace, its images' loads, its depends_on services
+                         images loaded while the cluster was being created are checked again on
+                         every node of the Ready cluster first (and loaded again where missing)
 
 Before anything starts, every manifest is rendered with the references the run *will* produce (they
 are deterministic: ``{registry}/{image}:{suite}-{run_id}``), so a drifting reference is refused
@@ -36,7 +41,7 @@ from kubetest_infra import hooks, sources
 from kubetest_infra import preflight as pre
 from kubetest_infra.apply import Applied, Applier
 from kubetest_infra.build import LABEL_DIGEST, Builder, BuildSpec, BuiltImage
-from kubetest_infra.cluster import Cluster, KindClusters
+from kubetest_infra.cluster import Cluster, ClusterError, KindClusters
 from kubetest_infra.diagnostics import collect
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import ConfigError
@@ -44,7 +49,7 @@ from kubetest_infra.graph import GraphResult, Listener, Task, Undo, run_graph
 from kubetest_infra.handover import KindIptables, wait_handover
 from kubetest_infra.kube import api_client
 from kubetest_infra.kubewatch import Informer
-from kubetest_infra.load import Loader
+from kubetest_infra.load import Loader, kind_node_names
 from kubetest_infra.probes import ServiceCheckError, wait_http, wait_tcp
 from kubetest_infra.state import Environment, Item, Ledger, Owner
 from kubetest_infra.suite import Service, Suite
@@ -65,7 +70,7 @@ class Orchestrator:
                  reuse: bool = True, keep: bool = False, no_cache: bool = False, max_workers: int = 4,
                  on_event: Listener | None = None, wait_policy: WaitPolicy | None = None,
                  node_image: str | None = None, ledger: Ledger | None = None, handover: bool = True,
-                 pull: bool = False) -> None:
+                 pull: bool = False, loader: Loader | None = None, early_loads: bool = True) -> None:
         self.suite = suite
         self.engine = engine
         self.run_id = run_id
@@ -73,7 +78,8 @@ class Orchestrator:
         self.reuse = reuse
         self.keep = keep
         self.builder = Builder(engine, run_id, suite.name, no_cache=no_cache, pull=pull)
-        self.loader = Loader(engine)
+        self.loader = loader or Loader(engine)
+        self.early_loads = early_loads  # False only to measure what loading during `kind create` saves
         self.max_workers = max_workers
         self.on_event = on_event
         self.wait_policy = wait_policy or WaitPolicy()
@@ -91,6 +97,10 @@ class Orchestrator:
         self._caps: sources.Capabilities | None = None
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
+        self._creating = threading.Event()  # this run started `kind create`
+        self._cluster_done = threading.Event()  # the cluster task ended (ready or failed)
+        self._made: Cluster | None = None
+        self._early: set[str] = set()  # refs loaded before the cluster was Ready: checked again after
 
     # -- planning --------------------------------------------------------------------------
     def planned_refs(self) -> dict[str, str]:
@@ -110,12 +120,13 @@ class Orchestrator:
         for name in self.suite.external_images:
             t.append(Task(f"external:{name}", partial(self._external, name), kind="external"))
         t.append(Task("cluster", self._cluster, kind="cluster"))
+        t.append(Task("nodes", self._nodes, kind="nodes"))
         t.append(Task("namespace", self._namespace, ("cluster",), kind="namespace"))
         for name in self.suite.images:
-            t.append(Task(f"load:{name}", partial(self._load, f"build:{name}"), (f"build:{name}", "cluster"),
+            t.append(Task(f"load:{name}", partial(self._load, f"build:{name}"), (f"build:{name}", "nodes"),
                           kind="load"))
         for name in self.suite.external_images:
-            t.append(Task(f"load:{name}", partial(self._load, f"external:{name}"), (f"external:{name}", "cluster"),
+            t.append(Task(f"load:{name}", partial(self._load, f"external:{name}"), (f"external:{name}", "nodes"),
                           kind="load"))
         for svc in self.suite.services.values():
             plan = self._plan or self.preflight()
@@ -222,8 +233,33 @@ class Orchestrator:
 
     def _cluster(self, _deps: Mapping[str, Any]) -> Cluster:
         name = self.cluster_config.name
-        return self.clusters.ensure(self.cluster_config, reuse=self.reuse, recreate=not self.reuse,
-                                    on_create=lambda: self.ledger.record(Item("cluster", name)))
+
+        def creating() -> None:
+            self.ledger.record(Item("cluster", name))
+            self._creating.set()
+
+        try:
+            self._made = self.clusters.ensure(self.cluster_config, reuse=self.reuse, recreate=not self.reuse,
+                                                 on_create=creating)
+            return self._made
+        finally:
+            self._cluster_done.set()
+
+    def _nodes(self, _deps: Mapping[str, Any]) -> tuple[str, ...]:
+        """Where loads go. Early only into a cluster this run is creating (a cluster found is first
+        checked for ownership by the cluster task); a node that does not answer yet is asked again."""
+        names = kind_node_names(self.cluster_config.name, 1, self.cluster_config.workers)
+        while True:
+            if self._cluster_done.is_set():
+                if self._made is None:
+                    raise ClusterError(f"cluster {self.cluster_config.name} was not created: nothing to load into",
+                                       hint="see the cluster task's error")
+                return self._made.nodes
+            if self._cancelled.is_set():
+                raise ClusterError("interrupted before the nodes existed", hint="run again")
+            if self.early_loads and self._creating.is_set() and all(self.loader.answers(n) for n in names):
+                return tuple(names)
+            self._cluster_done.wait(0.5)
 
     def _namespace(self, deps: Mapping[str, Any]) -> str:
         cluster: Cluster = deps["cluster"]
@@ -241,12 +277,32 @@ class Orchestrator:
 
     def _load(self, source: str, deps: Mapping[str, Any]) -> BuiltImage:
         image: BuiltImage = deps[source]
-        self.loader.load(image, deps["cluster"].nodes)
+        cluster = self.cluster_config.name
+        ours = image.run_id == self.run_id  # a reference only this run (its environment) makes
+        if ours:
+            self.ledger.record(Item("node-image", image.ref, cluster))
+        early = not self._cluster_done.is_set()
+        loaded = self.loader.load(image, deps["nodes"])
+        if not ours and any(n.action == "loaded" for n in loaded.nodes):
+            self.ledger.record(Item("node-image", image.ref, cluster))  # a shared reference this run put there
+        if early:
+            with self._lock:
+                self._early.add(image.ref)
         return image
+
+    def _settle(self, images: Sequence[BuiltImage], cluster: Cluster) -> None:
+        """Images loaded while ``kind create`` ran: verified on every node of the Ready cluster (a
+        retried creation replaces the nodes), loaded again where missing."""
+        with self._lock:
+            todo = [i for i in images if i.ref in self._early]
+            self._early.difference_update(i.ref for i in todo)
+        if todo:
+            self.loader.load_many(todo, cluster.nodes)
 
     def _service(self, svc: Service, deps: Mapping[str, Any]) -> str | None:
         images = {k.split(":", 1)[1]: v.ref for k, v in deps.items() if k.startswith("load:")}
         cluster: Cluster = deps["cluster"]
+        self._settle([v for k, v in deps.items() if k.startswith("load:")], cluster)
         api = self._api_client(cluster)
         applier = self._applier(cluster)
         loaded = sources.load(self.suite, svc, images, capabilities=self._capabilities(svc, cluster))

@@ -34,6 +34,7 @@ from kubetest_infra.cluster import KindClusters
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import KtiError
 from kubetest_infra.graph import Listener
+from kubetest_infra.load import Loader
 from kubetest_infra.orchestrate import Orchestrator
 from kubetest_infra.sources import input_files
 from kubetest_infra.state import (
@@ -115,7 +116,8 @@ class Session:
     def up(self, *, run_id: str | None = None, reuse: bool = True, keep_env: bool = True,
            keep_on_failure: bool = False, no_cache: bool = False, on_event: Listener | None = None,
            wait_policy: WaitPolicy | None = None, node_image: str | None = None,
-           max_workers: int = 4, handover: bool = True, pull: bool = False) -> Environment:
+           max_workers: int = 4, handover: bool = True, pull: bool = False,
+           loader: Loader | None = None) -> Environment:
         """Bring the suite up or attach to it; see the module docstring.
 
         ``keep_env``: the environment outlives this session (``kti up``); otherwise this session removes
@@ -143,7 +145,7 @@ class Session:
             orch = Orchestrator(self.suite, self.engine, chosen, clusters=self.clusters, reuse=reuse,
                                 keep=keep_on_failure, no_cache=no_cache, on_event=on_event, wait_policy=wait_policy,
                                 node_image=node_image, max_workers=max_workers, ledger=ledger, handover=handover,
-                                pull=pull)
+                                pull=pull, loader=loader)
             try:
                 env = replace(orch.up(), plan=self.plan_digest(chosen))
             except BaseException:
@@ -182,13 +184,13 @@ class Session:
         ledger.close()
 
     def _prune(self, env: Environment) -> None:
-        """Remove image tags the environment owns but no longer runs (superseded runs), and dangling
-        images of its runs left by rebuilds under an unchanged tag."""
+        """Remove image tags the environment owns but no longer runs (superseded runs) from the engine
+        and the nodes, and dangling images of its runs left by rebuilds under an unchanged tag."""
         rec = self.store.read()
         if rec is None:
             return
         current = set(env.images.values())
-        stale = [i for i in rec.owned if i.kind == "image" and i.name not in current]
+        stale = [i for i in rec.owned if i.kind in ("image", "node-image") and i.name not in current]
         done = remove_items(stale, engine=self.engine, clusters=self.clusters)
         if done.removed:
             self.store.write(replace(rec, owned=tuple(i for i in rec.owned if i not in done.removed)))

@@ -185,12 +185,14 @@ class Owner:
 
 
 # -- ledgers -----------------------------------------------------------------------------------
-ItemKind = Literal["cluster", "namespace", "image", "file"]
+ItemKind = Literal["cluster", "namespace", "image", "node-image", "file"]
+ITEM_KINDS = ("cluster", "namespace", "image", "node-image", "file")
 
 
 @dataclass(frozen=True)
 class Item:
-    """One thing a run created. ``where``: the cluster of a namespace, the engine of an image."""
+    """One thing a run created. ``where``: the cluster of a namespace or of a node image (an image
+    loaded into that cluster's nodes), the engine of an image."""
 
     kind: ItemKind
     name: str
@@ -205,7 +207,7 @@ class Item:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Item:
         kind = str(data.get("kind"))
-        if kind not in ("cluster", "namespace", "image", "file"):
+        if kind not in ITEM_KINDS:
             raise StateError(f"unknown owned item kind {kind!r}", hint="remove the state file and run 'kti gc'")
         return cls(kind, str(data["name"]), str(data.get("where", "")))  # type: ignore[arg-type]
 

@@ -1,9 +1,9 @@
 """Removing exactly what a run or an environment owns (see :mod:`kubetest_infra.state`), and nothing else.
 
-Items go in reverse order of creation. A namespace inside a cluster that is itself being removed is
-not deleted separately (the cluster takes it along). Every removal is bounded in time, missing items
-count as removed, and one failing removal never stops the others: what could not be removed is
-returned, and stays recorded, so ``kti gc`` can try again.
+Items go in reverse order of creation. A namespace, or an image loaded into the nodes, inside a
+cluster that is itself being removed is not deleted separately (the cluster takes it along). Every
+removal is bounded in time, missing items count as removed, and one failing removal never stops the
+others: what could not be removed is returned, and stays recorded, so ``kti gc`` can try again.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from kubetest_infra.cluster import KindClusters
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import KtiError
 from kubetest_infra.kube import api_client
+from kubetest_infra.load import Loader
 from kubetest_infra.state import Item
 
 NAMESPACE_DELETE_TIMEOUT = 30  # seconds for the API call; the namespace then terminates on its own
@@ -52,6 +53,10 @@ def remove_items(items: Sequence[Item], *, engine: Engine | None, clusters: Kind
                 _remove_cluster(item, clusters)
             elif item.kind == "namespace":
                 _remove_namespace(item, clusters, api_for)
+            elif item.kind == "node-image" and item.where in doomed_clusters:
+                pass  # goes with its cluster
+            elif item.kind == "node-image":
+                _unload(item, engine, clusters)
             elif item.kind == "image":
                 _remove_image(item, engine)
             elif item.kind == "file":
@@ -92,6 +97,16 @@ def _remove_namespace(item: Item, clusters: KindClusters | None, api_for: ApiFor
     except client.exceptions.ApiException as exc:
         if exc.status != 404:
             raise
+
+
+def _unload(item: Item, engine: Engine | None, clusters: KindClusters | None) -> None:
+    """An image this run loaded into the nodes of a cluster it does not remove: unpinned and deleted
+    (only records a kti load labelled; see :meth:`.Loader.unload`)."""
+    if clusters is None or engine is None:
+        raise KtiError(f"cannot remove {item}: no engine or kind", hint="start the engine and run 'kti gc'")
+    if not clusters.exists(item.where):
+        return  # the cluster is gone, and the image with it
+    Loader(engine).unload([item.name], clusters.nodes(item.where))
 
 
 def _remove_image(item: Item, engine: Engine | None) -> None:

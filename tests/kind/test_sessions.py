@@ -23,6 +23,7 @@ from kubetest_infra.graph import GraphError
 from kubetest_infra.session import EnvironmentBusyError, Session
 from kubetest_infra.state import Owner
 from kubetest_infra.suite import load_suite
+from kubetest_infra.tags import new_run_id
 from kubetest_infra.wait import PodStartError
 from tests.kind.stale_window import rounds, write_suite
 
@@ -168,6 +169,38 @@ def test_warm_re_runs_serve_only_new_code_and_leave_no_tags_behind(world: tuple[
     images = snapshot(engine, clusters)["images"]
     assert len(images) == tags_after_first == 1, f"tags pile up: {images}"  # type: ignore[arg-type]
     Session(load_suite(suite_file), engine, clusters=clusters).down()
+
+
+
+def node_refs(engine: Engine, clusters: KindClusters) -> dict[str, set[str]]:
+    """Per node: the suite's references in its containerd and, of those, the ones pinned against GC."""
+    out: dict[str, set[str]] = {}
+    for node in clusters.nodes(CLUSTER):
+        lines = engine.run("exec", node, "ctr", "-n", "k8s.io", "images", "ls").stdout.splitlines()[1:]
+        ours = [line for line in lines if ":stale-" in line.split()[0]]
+        out[node] = {line.split()[0] for line in ours}
+        out[f"{node} pinned"] = {line.split()[0] for line in ours if "io.cri-containerd.pinned=pinned" in line}
+    return out
+
+
+def test_a_new_run_id_removes_the_superseded_images_from_the_engine_and_every_node(
+        world: tuple[Path, KindClusters], engine: Engine) -> None:
+    """Issue 14 item 5 with issue 9's "nothing piles up": loaded images are pinned while the environment
+    runs them; superseded ones are unpinned and removed from the nodes, not only from the engine."""
+    suite_file, clusters = world
+    suite = load_suite(suite_file)
+    before = snapshot(engine, clusters)
+    first = Session(suite, engine, clusters=clusters, command="kti up").up(run_id=new_run_id(), keep_env=True)
+    ref_a = first.images["web"]
+    node = clusters.nodes(CLUSTER)[0]
+    assert node_refs(engine, clusters) == {node: {ref_a}, f"{node} pinned": {ref_a}}
+    second = Session(suite, engine, clusters=clusters, command="kti up").up(run_id=new_run_id(), keep_env=True)
+    ref_b = second.images["web"]
+    assert ref_b != ref_a
+    assert node_refs(engine, clusters) == {node: {ref_b}, f"{node} pinned": {ref_b}}, "the old run's image stays"
+    assert set(snapshot(engine, clusters)["images"]) == {ref_b}  # type: ignore[arg-type]
+    Session(suite, engine, clusters=clusters, command="kti down").down()
+    assert snapshot(engine, clusters) == before
 
 
 CRASHER = """
