@@ -1,0 +1,175 @@
+"""Issue 14's suite-level goals on the DataStorage suite, side by side in one run.
+
+Phase ``cold``: a cold ``up`` of a copy of ``suites/datastorage`` (its own cluster and host port; the
+images already built, so the builds are reuses) with today's code path — loads start as soon as the
+nodes' containerd answers during ``kind create``, layers read from the engine's store — against the
+previous one — loads after the cluster is Ready, from ``docker save`` — alternating, ``--repeats``
+each; every run creates and removes its cluster. Per run: total seconds and the timing table (when
+each task started and ended relative to the start).
+
+Phase ``loop``: the edit→running loop. The environment is brought up once (kept), then ``--edits``
+times a line of the DataStorage service's ``app.py`` changes and a warm ``up`` runs: seconds until the
+new code answers on the service's URL, and where they went (build, load with bytes and layers sent,
+services), whether only the changed image was rebuilt and reloaded.
+
+Run under ``/work/wt/kind-slot`` on the lab: ``.venv/bin/python bench/loop.py [--only cold,loop]
+[--repeats 2] [--edits 3]``; JSON to bench/results/loop.json (load averages included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import write_results
+
+from conftest import lab_kind_binary
+from kubetest_infra.cluster import KindClusters
+from kubetest_infra.engine import Engine, get_engine
+from kubetest_infra.load import LoadedImage, Loader
+from kubetest_infra.orchestrate import Orchestrator
+from kubetest_infra.session import Session, finish_ledger
+from kubetest_infra.state import Environment
+from kubetest_infra.suite import load_suite
+from kubetest_infra.tags import new_run_id
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = os.environ.get("KTI_BENCH_CLUSTER", "kti-bench-loop")
+PORT = int(os.environ.get("KTI_BENCH_HOSTPORT", "38099"))
+
+
+def copy_suite(work: Path) -> Path:
+    """suites/datastorage with its own cluster and host port; the service's sources copied (edited later)."""
+    shutil.copytree(ROOT / "examples" / "datastorage", work / "examples" / "datastorage")
+    shutil.copytree(ROOT / "images", work / "images")
+    shutil.copytree(ROOT / "manifests", work / "manifests")
+    (work / "suites" / "ds").mkdir(parents=True)
+    text = (ROOT / "suites" / "datastorage" / "suite.yaml").read_text()
+    text = text.replace("name: kti-datastorage", f"name: {CLUSTER}").replace("38081", str(PORT))
+    (work / "suites" / "ds" / "suite.yaml").write_text(text)
+    return work / "suites" / "ds" / "suite.yaml"
+
+
+def load_avg() -> float:
+    return os.getloadavg()[0]
+
+
+def table(env: Environment) -> dict[str, list[float]]:
+    return {k: [round(t.started, 2), round(t.ended, 2)] for k, t in sorted(env.timings.items(),
+                                                                          key=lambda kv: kv[1].started)}
+
+
+class CountingLoader(Loader):
+    """The real loader, keeping what each load did (bytes and layers sent per node)."""
+
+    def __init__(self, engine: Engine, **kw: Any) -> None:
+        super().__init__(engine, **kw)
+        self.loaded: list[LoadedImage] = []
+
+    def load(self, image: Any, nodes: Any) -> LoadedImage:
+        out = super().load(image, nodes)
+        self.loaded.append(out)
+        return out
+
+
+def cold(suite_file: Path, engine: Engine, clusters: KindClusters, repeats: int) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {"new": [], "previous": []}
+    suite = load_suite(suite_file)
+    for _ in range(repeats):
+        for mode in ("new", "previous"):
+            loader = CountingLoader(engine, read_store=mode == "new")
+            orch = Orchestrator(suite, engine, new_run_id(), clusters=clusters, reuse=False, loader=loader,
+                                early_loads=mode == "new")
+            la = load_avg()
+            t0 = time.monotonic()
+            try:
+                env = orch.up()
+                seconds = time.monotonic() - t0
+            finally:
+                finish_ledger(orch.ledger, engine, clusters)
+            runs[mode].append({"seconds": round(seconds, 2), "load_avg_start": round(la, 1),
+                               "critical_path": list(env.critical_path), "timings": table(env)})
+            print(f"cold {mode}: {seconds:.1f} s (load {la:.1f})", file=sys.stderr)
+    med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
+    return {"runs": runs, "median_seconds": med, "ratio_new_over_previous": round(med["new"] / med["previous"], 3),
+            "goal": "<= 0.65"}
+
+
+def answer(url: str, expected: str, timeout: float = 60) -> float:
+    """Seconds until ``url`` answers with ``expected`` in its body."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if expected in resp.read().decode():
+                    return time.monotonic() - t0
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} never answered {expected!r}")
+
+
+def loop(suite_file: Path, engine: Engine, clusters: KindClusters, edits: int) -> dict[str, Any]:
+    app = suite_file.parents[2] / "examples" / "datastorage" / "app.py"
+    original = app.read_text()
+    line = 'self.send_json(200, {"status": "healthy"})'
+    assert line in original, "the line the bench edits is gone from examples/datastorage/app.py"
+    out: list[dict[str, Any]] = []
+    session = Session(load_suite(suite_file), engine, clusters=clusters, command="bench")
+    try:
+        first = session.up(run_id=new_run_id(), keep_env=True)
+        url = first.endpoints["datastorage"]
+        for n in range(1, edits + 1):
+            app.write_text(original.replace(line, line.replace('"healthy"}', f'"healthy", "edit": {n}}}')))
+            loader = CountingLoader(engine)
+            la = load_avg()
+            t0 = time.monotonic()
+            env = Session(load_suite(suite_file), engine, clusters=clusters, command="bench").up(
+                keep_env=True, loader=loader)
+            up_seconds = time.monotonic() - t0
+            served = answer(url + "/health", f'"edit": {n}') + up_seconds  # new code, first ask after the up
+            sent = [{"ref": li.ref.rsplit("/", 1)[-1], **{k: v for k, v in n_.to_json().items()
+                                                           if k in ("node", "action", "bytes_sent", "layers_sent",
+                                                                    "layers_total", "seconds")}}
+                    for li in loader.loaded for n_ in li.nodes]
+            out.append({"edit": n, "up_seconds": round(up_seconds, 2), "served_seconds": round(served, 2),
+                        "load_avg_start": round(la, 1), "rebuilt": sorted(set(env.images) - set(env.reused_images)),
+                        "loads": sent, "timings": table(env), "critical_path": list(env.critical_path)})
+            print(f"edit {n}: up {up_seconds:.1f} s (load {la:.1f})", file=sys.stderr)
+    finally:
+        app.write_text(original)
+        Session(load_suite(suite_file), engine, clusters=clusters, command="bench").down(force=True)
+    return {"edits": out, "median_up_seconds": statistics.median(e["up_seconds"] for e in out), "goal": "<= 5 s"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", default="cold,loop")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--edits", type=int, default=3)
+    args = ap.parse_args()
+    engine = get_engine()
+    results: dict[str, Any] = {"cluster": CLUSTER}
+    with tempfile.TemporaryDirectory(prefix="kti-bench-loop-") as tmp:
+        clusters = KindClusters(engine, state_dir=Path(tmp) / "state", kind_binary=lab_kind_binary())
+        suite_file = copy_suite(Path(tmp) / "w")
+        phases = args.only.split(",")
+        if "cold" in phases:
+            results["cold"] = cold(suite_file, engine, clusters, args.repeats)
+        if "loop" in phases:
+            results["loop"] = loop(suite_file, engine, clusters, args.edits)
+    write_results(results, ROOT / "bench" / "results" / "loop.json")
+
+
+if __name__ == "__main__":
+    main()
