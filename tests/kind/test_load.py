@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -199,7 +200,7 @@ def containerd2_node(kind_env: KindEnv, python_image: str) -> Iterator[str]:
         Loader(kind_env.engine).wait_for_containerd(name, timeout=60)
         version = subprocess.run(["docker", "exec", name, "ctr", "version"], capture_output=True, text=True,
                                  check=True).stdout
-        assert "Version:  2." in version.split("Server:")[1], version
+        assert re.search(r"Version:\s+v?2\.", version.split("Server:")[1]), version
         yield name
     finally:
         subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, check=False)
