@@ -65,8 +65,8 @@ def load_avg() -> float:
 
 
 def table(env: Environment) -> dict[str, list[float]]:
-    return {k: [round(t.started, 2), round(t.ended, 2)] for k, t in sorted(env.timings.items(),
-                                                                          key=lambda kv: kv[1].started)}
+    """Task → [start, end], seconds since the graph started, in order of start."""
+    return {t.id: [round(t.start, 2), round(t.end, 2)] for t in sorted(env.timings, key=lambda t: t.start)}
 
 
 class CountingLoader(Loader):
