@@ -31,9 +31,11 @@ NAMESPACE_DELETE_TIMEOUT = 30  # seconds for the API call; the namespace then te
 class Removed:
     removed: tuple[Item, ...]
     failed: tuple[tuple[Item, str], ...]
+    along: tuple[Item, ...] = ()  # of ``removed``: gone with their cluster, not removed one by one
 
     def lines(self) -> list[str]:
-        return [str(i) for i in self.removed] + [f"could not remove {i}: {why}" for i, why in self.failed]
+        return [f"{i} (with its cluster)" if i in self.along else str(i) for i in self.removed] + \
+            [f"could not remove {i}: {why}" for i, why in self.failed]
 
 
 ApiFor = Callable[[str], Any]  # cluster name → kubernetes ApiClient
@@ -45,16 +47,15 @@ def remove_items(items: Sequence[Item], *, engine: Engine | None, clusters: Kind
     doomed_clusters = {i.name for i in items if i.kind == "cluster"}
     removed: list[Item] = []
     failed: list[tuple[Item, str]] = []
+    along = [i for i in items if i.kind in ("namespace", "node-image") and i.where in doomed_clusters]
     for item in reversed(items):
         try:
-            if item.kind == "namespace" and item.where in doomed_clusters:
+            if item in along:
                 pass  # goes with its cluster
             elif item.kind == "cluster":
                 _remove_cluster(item, clusters)
             elif item.kind == "namespace":
                 _remove_namespace(item, clusters, api_for)
-            elif item.kind == "node-image" and item.where in doomed_clusters:
-                pass  # goes with its cluster
             elif item.kind == "node-image":
                 _unload(item, engine, clusters)
             elif item.kind == "image":
@@ -68,7 +69,7 @@ def remove_items(items: Sequence[Item], *, engine: Engine | None, clusters: Kind
             failed.append((item, f"{type(exc).__name__}: {exc}".splitlines()[0]))
             continue
         removed.append(item)
-    return Removed(tuple(removed), tuple(failed))
+    return Removed(tuple(removed), tuple(failed), tuple(along))
 
 
 def _remove_cluster(item: Item, clusters: KindClusters | None) -> None:
