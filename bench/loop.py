@@ -12,7 +12,10 @@ times a line of the DataStorage service's ``app.py`` changes and a warm ``up`` r
 new code answers on the service's URL, and where they went (build, load with bytes and layers sent,
 services), whether only the changed image was rebuilt and reloaded.
 
-Run under ``/work/wt/kind-slot`` on the lab: ``.venv/bin/python bench/loop.py [--only cold,loop]
+Phase ``loop-notification``: the same loop on ``suites/notification``, editing the Notification
+service, which no Job runs (the DataStorage loop re-runs its migrations Job: it runs the changed image).
+
+Run under ``/work/wt/kind-slot`` on the lab: ``.venv/bin/python bench/loop.py [--only cold,loop,loop-notification]
 [--repeats 2] [--edits 3]``; JSON to bench/results/loop.json (load averages included).
 """
 
@@ -48,16 +51,24 @@ CLUSTER = os.environ.get("KTI_BENCH_CLUSTER", "kti-bench-loop")
 PORT = int(os.environ.get("KTI_BENCH_HOSTPORT", "38099"))
 
 
-def copy_suite(work: Path) -> Path:
-    """suites/datastorage with its own cluster and host port; the service's sources copied (edited later)."""
-    shutil.copytree(ROOT / "examples" / "datastorage", work / "examples" / "datastorage")
-    shutil.copytree(ROOT / "images", work / "images")
-    shutil.copytree(ROOT / "manifests", work / "manifests")
-    (work / "suites" / "ds").mkdir(parents=True)
-    text = (ROOT / "suites" / "datastorage" / "suite.yaml").read_text()
-    text = text.replace("name: kti-datastorage", f"name: {CLUSTER}").replace("38081", str(PORT))
-    (work / "suites" / "ds" / "suite.yaml").write_text(text)
-    return work / "suites" / "ds" / "suite.yaml"
+# suite → (its host port, the service edited, its sources, the line changed in app.py)
+LOOPS = {
+    "datastorage": (38081, "datastorage", "datastorage", 'self.send_json(200, {"status": "healthy"})'),
+    "notification": (38082, "notification", "notification", 'self.reply(200, {"status": "healthy"})'),
+}
+
+
+def copy_suite(work: Path, suite: str = "datastorage") -> Path:
+    """A suite of the repository with its own cluster and host port; the sources copied (edited later)."""
+    for name in ("datastorage", "notification"):
+        shutil.copytree(ROOT / "examples" / name, work / "examples" / name, dirs_exist_ok=True)
+    shutil.copytree(ROOT / "images", work / "images", dirs_exist_ok=True)
+    shutil.copytree(ROOT / "manifests", work / "manifests", dirs_exist_ok=True)
+    (work / "suites" / suite).mkdir(parents=True)
+    text = (ROOT / "suites" / suite / "suite.yaml").read_text()
+    text = text.replace(f"name: kti-{suite}", f"name: {CLUSTER}").replace(str(LOOPS[suite][0]), str(PORT))
+    (work / "suites" / suite / "suite.yaml").write_text(text)
+    return work / "suites" / suite / "suite.yaml"
 
 
 def load_avg() -> float:
@@ -120,15 +131,15 @@ def answer(url: str, expected: str, timeout: float = 60) -> float:
 
 
 def loop(suite_file: Path, engine: Engine, clusters: KindClusters, edits: int) -> dict[str, Any]:
-    app = suite_file.parents[2] / "examples" / "datastorage" / "app.py"
+    _, service, source, line = LOOPS[suite_file.parent.name]
+    app = suite_file.parents[2] / "examples" / source / "app.py"
     original = app.read_text()
-    line = 'self.send_json(200, {"status": "healthy"})'
-    assert line in original, "the line the bench edits is gone from examples/datastorage/app.py"
+    assert line in original, f"the line the bench edits is gone from examples/{source}/app.py"
     out: list[dict[str, Any]] = []
     session = Session(load_suite(suite_file), engine, clusters=clusters, command="bench")
     try:
         first = session.up(run_id=new_run_id(), keep_env=True)
-        url = first.endpoints["datastorage"]
+        url = first.endpoints[service]
         for n in range(1, edits + 1):
             app.write_text(original.replace(line, line.replace('"healthy"}', f'"healthy", "edit": {n}}}')))
             loader = CountingLoader(engine)
@@ -154,7 +165,7 @@ def loop(suite_file: Path, engine: Engine, clusters: KindClusters, edits: int) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", default="cold,loop")
+    ap.add_argument("--only", default="cold,loop,loop-notification")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--edits", type=int, default=3)
     args = ap.parse_args()
@@ -168,6 +179,9 @@ def main() -> None:
             results["cold"] = cold(suite_file, engine, clusters, args.repeats)
         if "loop" in phases:
             results["loop"] = loop(suite_file, engine, clusters, args.edits)
+        if "loop-notification" in phases:  # a service no Job runs: only its Deployment rolls out
+            results["loop_notification"] = loop(copy_suite(Path(tmp) / "n", "notification"), engine, clusters,
+                                                args.edits)
     write_results(results, ROOT / "bench" / "results" / "loop.json")
 
 
