@@ -49,7 +49,7 @@ from kubetest_infra.graph import GraphResult, Listener, Task, Undo, run_graph
 from kubetest_infra.handover import KindIptables, wait_handover
 from kubetest_infra.kube import api_client
 from kubetest_infra.kubewatch import Informer
-from kubetest_infra.load import Loader, kind_node_names
+from kubetest_infra.load import Loader, LoadError, kind_node_names
 from kubetest_infra.probes import ServiceCheckError, wait_http, wait_tcp
 from kubetest_infra.state import Environment, Item, Ledger, Owner
 from kubetest_infra.suite import Service, Suite
@@ -296,8 +296,11 @@ class Orchestrator:
         with self._lock:
             todo = [i for i in images if i.ref in self._early]
             self._early.difference_update(i.ref for i in todo)
-        if todo:
-            self.loader.load_many(todo, cluster.nodes)
+        for image in todo:
+            try:
+                self.loader.verify(image, cluster.nodes)  # a read-back: no node lock, no transfer
+            except LoadError:
+                self.loader.load(image, cluster.nodes)  # a node was replaced (a retried create): load again
 
     def _service(self, svc: Service, deps: Mapping[str, Any]) -> str | None:
         images = {k.split(":", 1)[1]: v.ref for k, v in deps.items() if k.startswith("load:")}
