@@ -43,6 +43,7 @@ _TRANSIENT = ("context deadline exceeded", "connection reset", "tls handshake ti
               "kubelet-wait-bootstrap", "wait-control-plane", "timed out waiting for the condition")
 KIND_ENV = "KTI_KIND"
 CREATED_BY = "kubetest-infra"
+KIND_CLUSTER_LABEL = "io.x-k8s.kind.cluster"  # what kind labels each node container with
 
 
 class ClusterError(KtiError):
@@ -293,12 +294,36 @@ class KindClusters:
             self._kind("delete", "cluster", "--name", name, "--kubeconfig", str(self.kubeconfig_path(name)),
                        timeout=300)
 
-    def _remove_failed(self, name: str) -> None:
-        """After a failed or cut-short ``kind create``: delete its nodes (if any) and our files."""
+    def node_containers(self, name: str) -> list[str]:
+        """The engine's containers of cluster ``name`` in any state (kind's label), without asking kind."""
+        res = self.engine.run("ps", "-a", "--filter", f"label={KIND_CLUSTER_LABEL}={name}", "--format",
+                              "{{.Names}}", check=False, timeout=60)
+        return res.stdout.split()
+
+    def _remove_failed(self, name: str, settle: float = 5.0, timeout: float = 120.0) -> None:
+        """After a failed or cut-short ``kind create``: delete its nodes (if any) and our files.
+
+        A stopped kind can leave its own ``docker run`` children finishing a node container a moment
+        later, so the engine is asked until no container of the cluster has been seen for ``settle``
+        seconds. The record goes only when none is left; otherwise it stays, and the next
+        ``kti up``/``down``/``gc`` sees an interrupted creation and finishes it.
+        """
+        deadline = time.monotonic() + timeout
+        quiet_since = time.monotonic()
         try:
-            self._delete_nodes(name)
+            while time.monotonic() < deadline:
+                if self.node_containers(name):
+                    self._delete_nodes(name)
+                    if self.node_containers(name):  # kind did not see them (no name yet): remove them ourselves
+                        self.engine.run("rm", "-f", "-v", *self.node_containers(name), check=False, timeout=120)
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= settle:
+                    break
+                time.sleep(0.5)
+            if self.node_containers(name):
+                return
         except KtiError:
-            return  # keep the record: the next ensure/delete/gc sees an interrupted creation and finishes it
+            return
         self.forget(name)
 
     def forget(self, name: str) -> None:
