@@ -1,4 +1,5 @@
-"""Test tiers: unit (pure logic), docker (real engine), kind (real lab cluster).
+"""Test tiers: unit (pure logic), docker (real engine), kind (real lab cluster), faults (injected faults on
+the lab, opt-in with ``KTI_FAULTS=1``).
 
 A tier whose prerequisites are missing is skipped LOUDLY: the reason is printed in every skip and in
 the terminal summary. When ``KTI_REQUIRE_TIERS`` names a tier (``.ci/run`` sets ``docker,kind``), a
@@ -74,7 +75,16 @@ def kind_tier_problem() -> str | None:
     return None
 
 
-TIERS = {"docker": docker_tier_problem, "kind": kind_tier_problem}
+@cache
+def faults_tier_problem() -> str | None:
+    """None when faults may be injected (opt-in: each case creates and removes a cluster), else why not."""
+    if os.environ.get("KTI_FAULTS") != "1":
+        return "opt-in: set KTI_FAULTS=1 (hack/test does)"
+    kind = kind_tier_problem()
+    return None if kind is None else f"no kind lab ({kind})"
+
+
+TIERS = {"docker": docker_tier_problem, "kind": kind_tier_problem, "faults": faults_tier_problem}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -191,6 +191,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     with progress:
         env = session.up(run_id=args.run_id, reuse=args.reuse, keep_env=True, keep_on_failure=args.keep,
                          no_cache=args.no_cache, pull=args.pull, on_event=progress.event)
+    for line in session.recovered:
+        print(f"removed {line}", file=sys.stderr)
     timing_table(env, sys.stderr)
     if args.json:
         print(json.dumps(env.to_json(), indent=2))

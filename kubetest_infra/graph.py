@@ -21,7 +21,7 @@ from typing import Any
 
 from kubetest_infra.errors import ConfigError, KtiError
 from kubetest_infra.runner import terminate_children
-from kubetest_infra.signals import shielded, terminate_interrupts
+from kubetest_infra.signals import deferred, shielded, terminate_interrupts
 
 TaskFn = Callable[[Mapping[str, Any]], Any]  # receives the values of its dependencies
 
@@ -186,7 +186,8 @@ def run_graph(tasks: Sequence[Task], *, max_workers: int = 4, on_event: Listener
                     starts[tid] = time.monotonic() - t0
                     emit(tid, "start", 0.0)
                     task = by_id[tid]
-                    running[pool.submit(task.fn, {d: values[d] for d in task.deps})] = tid
+                    with deferred():  # submitted ⇔ recorded as running (joined and waited for on an interrupt)
+                        running[pool.submit(task.fn, {d: values[d] for d in task.deps})] = tid
                 if not running:
                     break
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)

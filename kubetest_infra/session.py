@@ -73,6 +73,7 @@ class Session:
         self.key = key or session_key(command.split(maxsplit=1)[0], f"{self.owner.pid}-{new_run_id()[:6]}")
         self.store = EnvironmentStore(self.clusters.state_dir, suite.cluster.name)
         self.attached = False
+        self.recovered: list[str] = []  # what up removed of killed earlier runs of this suite (their ledgers)
 
     # -- reading ---------------------------------------------------------------------------------
     def record(self) -> EnvRecord | None:
@@ -125,6 +126,7 @@ class Session:
         (recorded, so ``kti down`` removes it later).
         """
         with self.store.lock():
+            self.recovered = self._finish_ledger()  # what a killed earlier run of this suite left
             rec = self.record()
             if rec is not None and not reuse:  # --no-reuse: the old environment goes first, entirely
                 self._refuse_if_used(rec, "recreate")
@@ -255,11 +257,16 @@ class Session:
         return lines
 
     def _finish_ledger(self) -> list[str]:
-        """A ledger of this session left behind (a worker killed while creating): remove its items."""
-        path = self.clusters.state_dir / "runs" / f"{self.key}.json"
-        if not path.is_file():
-            return []
-        return finish_ledger(Ledger.load(path), self.engine, self.clusters).lines()
+        """Ledgers left behind by this session (a worker killed while creating) or by a dead run of this
+        suite (a ``kti up`` killed with SIGKILL): remove their items, as ``kti gc`` would."""
+        out: list[str] = []
+        for ledger in ledgers(self.clusters.state_dir):
+            mine = ledger.path.name == f"{self.key}.json"
+            if mine or (ledger.suite == self.suite.name and not ledger.owner.alive()):
+                done = finish_ledger(ledger, self.engine, self.clusters)
+                out.extend(done.lines() if mine else
+                           [f"{line} (left by {ledger.owner.describe()})" for line in done.lines()])
+        return out
 
 
 def finish_ledger(ledger: Ledger, engine: Engine | None, clusters: KindClusters | None) -> Removed:

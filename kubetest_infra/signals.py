@@ -2,6 +2,8 @@
 
 - :func:`terminate_interrupts` makes SIGTERM (a CI cancel, ``kill``) behave like Ctrl-C: a
   ``KeyboardInterrupt`` in the main thread, so the same undo path runs for both.
+- :func:`deferred` holds both back (noted, raised right after) while the graph hands a task to a
+  thread and records it, so an interrupt never leaves a task running that the undo does not wait for.
 - :func:`shielded` wraps the undo: while it runs, further SIGINT/SIGTERM are reported on stderr and
   ignored, so a second Ctrl-C cannot cut the clean-up short and leave half of a run behind. (SIGKILL
   cannot be caught: then the run's ledger lets the next ``kti up``, ``kti down`` or ``kti gc`` finish.)
@@ -49,6 +51,41 @@ def terminate_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, SIGINT/SIGTERM are noted, and raised as ``KeyboardInterrupt`` right after it.
+
+    For bookkeeping that must not be cut in half: a task handed to a worker thread *and* recorded as
+    running. (A ``KeyboardInterrupt`` inside ``ThreadPoolExecutor.submit`` can start a worker thread
+    the pool never joins: its task then runs after the undo, and what it creates is left behind.)
+    Python-level handlers, not a blocked signal mask: threads and child processes started inside the
+    block would inherit the mask, and a child that blocks SIGTERM cannot be stopped.
+    """
+    if not _main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+    for s in _SIGNALS:
+        signal.signal(s, note)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    if pending:
+        signum = pending[0]
+        handler = previous.get(signal.Signals(signum))
+        if callable(handler):
+            handler(signum, None)  # as if it arrived now: KeyboardInterrupt, or whatever was installed
+        elif handler != signal.SIG_IGN:
+            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 @contextlib.contextmanager

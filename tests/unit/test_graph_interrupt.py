@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from kubetest_infra.graph import GraphError, Task, Undo, run_graph
 from kubetest_infra.runner import SubprocessRunner, terminate_children
-from kubetest_infra.signals import shielded, terminate_interrupts
+from kubetest_infra.signals import deferred, shielded, terminate_interrupts
 
 
 def test_sigterm_becomes_keyboard_interrupt_inside_the_block() -> None:
@@ -78,3 +79,25 @@ def test_an_interrupt_stops_tasks_and_undoes_once_without_waiting_for_them() -> 
     assert undone == ["cluster"], "the undo ran exactly once"
     assert time.monotonic() - started < 20, "the 60 s task was terminated, not waited for"
     assert undo.run() == [] and undone == ["cluster"]
+
+
+def test_deferred_holds_an_interrupt_until_the_bookkeeping_is_done() -> None:
+    steps: list[str] = []
+
+    def bookkeeping() -> None:
+        with deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # the handler has run by now: it only noted the signal
+            steps.append("submitted")
+            steps.append("recorded")
+
+    with pytest.raises(KeyboardInterrupt):
+        bookkeeping()
+    assert steps == ["submitted", "recorded"]
+
+
+def test_a_child_started_while_interrupts_are_deferred_can_still_be_terminated() -> None:
+    with deferred():  # a signal mask would be inherited by the child: it could not be stopped by SIGTERM
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc.terminate()
+    assert proc.wait(timeout=10) == -signal.SIGTERM
