@@ -25,7 +25,7 @@ from kubetest_infra.engine import Engine, get_engine
 from tests.kind.stale_window import write_suite
 
 pytestmark = [pytest.mark.faults]
-CLUSTER = os.environ.get("KTI_FAULTS_CLUSTER", "kti-faults")
+CLUSTER = os.environ.get("KTI_FAULTS_CLUSTER", "kti-fault-tier")
 PORT = int(os.environ.get("KTI_FAULTS_HOSTPORT", "38097"))
 ROOT = Path(__file__).resolve().parents[2]
 
