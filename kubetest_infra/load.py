@@ -192,6 +192,9 @@ class _Counter:
             yield chunk
 
 
+PAUSED_WAIT = 60.0  # seconds a paused node may take to run again before a load step gives up
+
+
 class Loader:
     """Loads images into Kind nodes through the run's engine."""
 
@@ -263,9 +266,23 @@ class Loader:
         target = self.node_images(node).get(normalize_ref(ref))  # an index: resolve its platform manifest
         return self.config_digest(node, target) if target else None
 
+    def _exec(self, node: str, *argv: str, timeout: float) -> CommandResult:
+        """``docker exec NODE argv`` (unchecked). A paused node (a frozen VM, ``docker pause``) refuses any
+        exec at once: wait up to :data:`PAUSED_WAIT` seconds for it to run again, then try once more."""
+        res = self.engine.run("exec", node, *argv, check=False, timeout=timeout)
+        if res.returncode == 0 or "is paused" not in res.stderr:
+            return res
+        deadline = time.monotonic() + PAUSED_WAIT
+        while time.monotonic() < deadline:
+            state = self.engine.run("inspect", "-f", "{{.State.Paused}}", node, check=False, timeout=30)
+            if state.returncode != 0 or state.stdout.strip() != "true":
+                break
+            time.sleep(0.5)
+        return self.engine.run("exec", node, *argv, check=False, timeout=timeout)
+
     def probe(self, node: str) -> NodeState:
         """One exec: the node's image records, committed snapshots and content digests."""
-        res = self.engine.run("exec", node, "sh", "-c", PROBE, "kti", self.snapshotter, check=False, timeout=60)
+        res = self._exec(node, "sh", "-c", PROBE, "kti", self.snapshotter, timeout=60)
         if res.returncode != 0:
             raise LoadError(f"cannot read the containerd state of node {node}: "
                             f"{self._node_problem(node, res.stderr)}",
@@ -278,7 +295,7 @@ class Loader:
         """Run :data:`LOAD` without an import: (names handled, names refused with why, read-backs)."""
         args = load_args(self.snapshotter, "-", do_import=False, stale=stale,
                          labels=self.labels if labels is None else labels, quads=quads)
-        res = self.engine.run("exec", node, "sh", "-c", LOAD, "kti", *args, check=False, timeout=120)
+        res = self._exec(node, "sh", "-c", LOAD, "kti", *args, timeout=120)
         if res.returncode != 0:
             raise LoadError(f"node {node}: {self._node_problem(node, res.stderr)}",
                             hint="check the node is running ('docker ps') and its containerd answers")

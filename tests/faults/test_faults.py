@@ -195,12 +195,15 @@ def test_a_node_killed_during_the_load_is_a_typed_error_and_nothing_is_left(worl
     assert world.snapshot() == before, out[-3000:]
 
 
-def test_the_control_plane_paused_10_s_while_waiting_recovers(world: World) -> None:
+@pytest.mark.parametrize("after", [0.0, 1.5], ids=["at-service-start", "while-waiting"])
+def test_the_control_plane_paused_10_s_during_a_service_recovers(world: World, after: float) -> None:
+    """Paused at the service's start (its images' read-back, the apply) or a moment later (the wait)."""
     before = world.snapshot()
     proc = world.start_up()
     node = f"{CLUSTER}-control-plane"
     try:
         wait_for_line(proc, "service:web: started")
+        time.sleep(after)
         world.engine.run("pause", node)
         time.sleep(10)
         unpaused = world.engine.run("unpause", node, check=False)
