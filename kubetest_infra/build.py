@@ -243,6 +243,7 @@ class Builder:
             spec.target,
             spec.platform,
             buildkit=self.engine.info().buildkit,
+            engine=self.engine.name,
             cache=cache,
             base_images=bases,
         )

@@ -234,6 +234,7 @@ def compute_digest(
     platform: str | None = None,
     *,
     buildkit: bool = False,
+    engine: str = "docker",
     cache: DigestCache | None = None,
     use_cache: bool = True,
     base_images: Mapping[str, str] | None = None,
@@ -241,14 +242,15 @@ def compute_digest(
     """Digest a build's inputs as the engine would receive them.
 
     ``dockerfile`` defaults to ``<context>/Dockerfile``; a relative path is taken from the context.
-    ``buildkit`` selects the engine's ignore-file rules (see :func:`dockerignore.ignore_file_for`).
+    ``buildkit`` and ``engine`` select the engine's ignore-file rules (see :func:`dockerignore.ignore_file_for`:
+    podman reads ``.containerignore`` before ``.dockerignore``).
     ``base_images`` maps each external image reference the build uses to the engine's image id
     (the function stays pure: resolving is the caller's job); ``None`` or ``{}``: none (``FROM scratch``).
     """
     started = time.perf_counter()
     scan_started_ns = time.time_ns()
     ctx, df = check_inputs(context, dockerfile)
-    matcher, ignore_file = load_matcher(ctx, df, buildkit)
+    matcher, ignore_file = load_matcher(ctx, df, buildkit, engine)
     found, saw_any = _walk(ctx, matcher)
     if saw_any and not any(f.kind != "dir" for f in found):
         raise ContextError(

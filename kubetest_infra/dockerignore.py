@@ -14,7 +14,7 @@ Mirrors what the docker CLI does before it sends a context (moby ``ignorefile.Re
 
 The Dockerfile-specific ignore file (``<Dockerfile>.dockerignore``) is a BuildKit feature: the
 classic builder only reads ``<context>/.dockerignore``. :func:`ignore_file_for` takes the engine's
-mode into account.
+mode into account; Podman reads ``.containerignore`` first (:data:`IGNORE_ORDER_PODMAN`).
 """
 
 from __future__ import annotations
@@ -210,12 +210,25 @@ class Matcher:
         return any(p.exclusion and (p.text + "/").startswith(prefix) for p in self.patterns)
 
 
-def ignore_file_for(context: Path, dockerfile: Path, buildkit: bool) -> Path | None:
+IGNORE_ORDER_PODMAN = ("<Dockerfile>.dockerignore", "<Dockerfile>.containerignore", ".containerignore", ".dockerignore")
+
+
+def ignore_file_for(context: Path, dockerfile: Path, buildkit: bool, engine: str = "docker") -> Path | None:
     """The ignore file the engine will read, or None.
 
-    BuildKit prefers ``<Dockerfile>.dockerignore`` next to the Dockerfile; the classic builder
-    only knows ``<context>/.dockerignore``.
+    Docker: BuildKit prefers ``<Dockerfile>.dockerignore`` next to the Dockerfile; the classic
+    builder only knows ``<context>/.dockerignore``. Podman (Buildah) reads the first that exists of
+    :data:`IGNORE_ORDER_PODMAN`: ``.containerignore`` takes precedence over ``.dockerignore``, and a
+    Dockerfile-specific file over both (order measured on Podman 4.3.1 and checked by the engine-truth
+    test, tests/integration/test_dockerignore_engine.py).
     """
+    if engine == "podman":
+        for name in IGNORE_ORDER_PODMAN:
+            path = dockerfile.with_name(dockerfile.name + name[len("<Dockerfile>"):]) \
+                if name.startswith("<Dockerfile>") else context / name
+            if path.is_file():
+                return path
+        return None
     if buildkit:
         specific = dockerfile.with_name(dockerfile.name + ".dockerignore")
         if specific.is_file():
@@ -224,8 +237,9 @@ def ignore_file_for(context: Path, dockerfile: Path, buildkit: bool) -> Path | N
     return default if default.is_file() else None
 
 
-def load_matcher(context: Path, dockerfile: Path, buildkit: bool) -> tuple[Matcher, Path | None]:
-    path = ignore_file_for(context, dockerfile, buildkit)
+def load_matcher(context: Path, dockerfile: Path, buildkit: bool,
+                 engine: str = "docker") -> tuple[Matcher, Path | None]:
+    path = ignore_file_for(context, dockerfile, buildkit, engine)
     if path is None:
         return Matcher([]), None
     try:
