@@ -22,6 +22,7 @@ EngineName = Literal["docker", "podman"]
 ENGINES: tuple[EngineName, ...] = ("docker", "podman")
 ENGINE_ENV = "KTI_ENGINE"
 _QUERY_TIMEOUT = 120.0
+_LIST_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,15 @@ class Engine:
         argv = Command(["image", "ls", "-q", "--no-trunc"])
         for key, value in label_filters.items():
             argv.add_option("--filter", f"label={key}" if value is None else f"label={key}={value}")
-        out = self.run(*argv).stdout.split()
-        return list(dict.fromkeys(out))
+        for attempt in range(_LIST_ATTEMPTS):
+            result = self.run(*argv, check=False)
+            if result.returncode == 0:
+                return list(dict.fromkeys(image_id(i) for i in result.stdout.split()))
+            # podman lists the store, then reads each image: one removed meanwhile (another run's
+            # cleanup) fails the whole listing with "image not known"; a fresh listing no longer has it.
+            if not (self.name == "podman" and "image not known" in result.stderr) or attempt == _LIST_ATTEMPTS - 1:
+                break
+        raise CommandError(result.argv, result.returncode, result.stdout, result.stderr)
 
     # -- changes ---------------------------------------------------------------------------
     def build_argv(self, req: BuildRequest) -> list[str]:
@@ -186,11 +194,17 @@ class Engine:
         return result.returncode == 0
 
 
+def image_id(raw: str) -> str:
+    """An image id as ``sha256:<hex>``: podman's ``inspect`` prints the bare hex, docker the prefixed form."""
+    raw = raw.strip()
+    return raw if ":" in raw or not raw else f"sha256:{raw}"
+
+
 def _image_info(raw: Mapping[str, object]) -> ImageInfo:
     config = cast("Mapping[str, object]", raw.get("Config") or {})
     labels = cast("Mapping[str, str]", config.get("Labels") or raw.get("Labels") or {})
     return ImageInfo(
-        id=str(raw.get("Id", "")),
+        id=image_id(str(raw.get("Id", ""))),
         repo_tags=tuple(cast("Sequence[str]", raw.get("RepoTags") or ())),
         labels=dict(labels),
         created=str(raw.get("Created", "")),
