@@ -84,7 +84,26 @@ def faults_tier_problem() -> str | None:
     return None if kind is None else f"no kind lab ({kind})"
 
 
-TIERS = {"docker": docker_tier_problem, "kind": kind_tier_problem, "faults": faults_tier_problem}
+@cache
+def podman_tier_problem() -> str | None:
+    """None when rootful Podman answers, else why not (the base images are checked by the fixtures)."""
+    from kubetest_infra.engine import get_engine
+    from kubetest_infra.errors import KtiError
+
+    if shutil.which("podman") is None:
+        return "podman is not installed (bash hack/lab/podman setup)"
+    try:
+        engine = get_engine("podman")
+    except KtiError as exc:
+        return str(exc).replace("\n", " ")
+    rootless = engine.run("info", "--format", "{{.Host.Security.Rootless}}", check=False, timeout=30).stdout.strip()
+    if rootless != "false":
+        return f"podman is rootless here (rootless={rootless or '?'}); the podman tier needs rootful Podman"
+    return None
+
+
+TIERS = {"docker": docker_tier_problem, "kind": kind_tier_problem, "faults": faults_tier_problem,
+         "podman": podman_tier_problem}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -94,6 +113,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.kind)
         elif "integration" in path.parts:
             item.add_marker(pytest.mark.docker)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("engine") == "podman":
+            item.add_marker(pytest.mark.podman)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

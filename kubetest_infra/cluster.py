@@ -1,7 +1,8 @@
 """Kind clusters from structured options: create, reuse, recreate, delete.
 
 - The provider is the run's engine (``KIND_EXPERIMENTAL_PROVIDER=docker|podman``), the same engine
-  that built the images.
+  that built the images. The record names it; a cluster of ours under the other provider is refused
+  (:class:`EngineMismatchError`), never forgotten or shadowed by a second cluster of the same name.
 - The kubeconfig goes to a file of its own (``<state>/clusters/<name>/kubeconfig``, mode 0600, its
   directory 0700); ``~/.kube/config`` is never read or written (``--kubeconfig`` on every kind call).
 - Reuse needs the same name *and* the same config fingerprint (sha256 of the rendered kind config).
@@ -52,6 +53,10 @@ class ClusterError(KtiError):
 
 class KindNotFoundError(ClusterError):
     """No kind binary."""
+
+
+class EngineMismatchError(ClusterError):
+    """The cluster's nodes run under another engine (provider) than the run's."""
 
 
 class NodeImageMissingError(ClusterError):
@@ -156,6 +161,32 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, CommandError) and any(t in exc.stderr.lower() for t in _TRANSIENT)
 
 
+CNI_PLUGIN_DIRS = ("/usr/lib/cni", "/usr/libexec/cni", "/opt/cni/bin", "/usr/local/libexec/cni")
+DNSNAME_HINT = ("install the CNI dnsname plugin (Debian/Ubuntu: apt-get install "
+                "golang-github-containernetworking-plugin-dnsname; hack/lab/podman setup does it), then "
+                "'podman network rm kind' so kind recreates its network with DNS")
+
+
+def podman_network_problem(engine: Engine, network: str = "kind") -> str | None:
+    """Why Kind's podman provider cannot join workers here, or None.
+
+    Kind nodes find the control plane by container name (``<cluster>-control-plane:6443``): the network
+    must resolve names. With podman's CNI backend that takes the ``dnsname`` plugin (Debian's podman only
+    recommends it); without it ``kubeadm join`` fails with "lookup …-control-plane …: no such host". A
+    ``kind`` network created before the plugin was installed keeps DNS off until it is recreated.
+    """
+    if engine.name != "podman":
+        return None
+    backend = engine.run("info", "--format", "{{.Host.NetworkBackend}}", check=False, timeout=30).stdout.strip()
+    net = engine.run("network", "inspect", network, "--format", "{{.DNSEnabled}}", check=False, timeout=30)
+    if net.returncode == 0 and net.stdout.strip() == "false":
+        return f"podman network {network!r} has DNS disabled (container names do not resolve)"
+    if backend == "cni" and net.returncode != 0 and not any(os.path.exists(os.path.join(d, "dnsname"))
+                                                             for d in CNI_PLUGIN_DIRS):
+        return "podman uses the CNI network backend without the dnsname plugin (container names do not resolve)"
+    return None
+
+
 class KindClusters:
     """Kind through its CLI, with the run's engine as provider."""
 
@@ -227,10 +258,28 @@ class KindClusters:
         with locked(self.state_dir / "locks" / f"{config.name}.lock", f"cluster {config.name}"):
             return self._ensure(config, reuse=reuse, recreate=recreate, on_create=on_create)
 
+    def check_provider(self, name: str) -> None:
+        """Refuse a cluster of ours whose record names another provider than the run's engine.
+
+        ``kind get clusters`` only sees the provider it is run with, so a docker cluster looks absent to
+        a podman run: without this check its record would be forgotten and a second cluster of the same
+        name created under the other engine (images built by one engine, nodes run by the other).
+        Records written before the provider was recorded are docker's (the only provider used then).
+        """
+        rec = self.record(name)
+        provider = (rec or {}).get("provider", "docker")
+        if rec is not None and provider != self.engine.name:
+            raise EngineMismatchError(
+                f"cluster {name!r} was created with the {provider} provider, but this run's engine is "
+                f"{self.engine.name}: its images could not reach that cluster's nodes",
+                hint=f"use one engine per run: pass --engine {provider} (or KTI_ENGINE={provider}), "
+                f"or pick another cluster name for the {self.engine.name} run")
+
     def _ensure(self, config: ClusterConfig, *, reuse: bool, recreate: bool,
                 on_create: Callable[[], None] | None) -> Cluster:
         started = time.monotonic()
         fingerprint = config.fingerprint()
+        self.check_provider(config.name)
         if self.exists(config.name):
             rec = self.record(config.name)
             if rec is None:
@@ -256,13 +305,19 @@ class KindClusters:
 
     def create(self, config: ClusterConfig, started: float | None = None) -> Cluster:
         started = started or time.monotonic()
+        problem = podman_network_problem(self.engine)
+        if problem is not None:
+            raise ClusterError(f"cannot create {config.name!r} with Kind's podman provider: {problem}; worker "
+                               "nodes would fail to join ('lookup <cluster>-control-plane: no such host')",
+                               hint=DNSNAME_HINT)
         self._check_node_image(config)
         self._check_ports(config)
         cdir = self.cluster_dir(config.name)
         cdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(cdir, 0o700)
         fingerprint = config.fingerprint()
-        record = {"created_by": CREATED_BY, "fingerprint": fingerprint, "config": asdict(config),
+        record = {"created_by": CREATED_BY, "fingerprint": fingerprint, "provider": self.engine.name,
+                  "config": asdict(config),
                   "created": time.time(), "phase": "creating", "owner": Owner.current("kind create").to_json()}
         write_json(cdir / "state.json", record)  # intent first: an interrupted create is recognised later
         cfg_path = cdir / "kind-config.yaml"
@@ -338,6 +393,7 @@ class KindClusters:
                                 hint=f"it was not created by kubetest-infra (or its state directory "
                                 f"{self.cluster_dir(name)} was removed); delete it yourself with "
                                 f"'kind delete cluster --name {name}', or pass --force")
+        self.check_provider(name)
         kubeconfig = self.kubeconfig_path(name)
         kubeconfig.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         for attempt in range(3):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kubetest_infra import labenv
+from kubetest_infra.cluster import DNSNAME_HINT, podman_network_problem
 from kubetest_infra.engine import get_engine
 from kubetest_infra.errors import KtiError
 from kubetest_infra.runner import Runner, SubprocessRunner
@@ -111,8 +112,16 @@ def run_checks(engine_name: str | None = None, runner: Runner | None = None,
         engine = get_engine(engine_name, runner)
         info = engine.info()
         root = info.root_dir
-        builder = "BuildKit" if info.buildkit else "classic builder (no buildx plugin)"
-        checks.append(Check("engine", True, f"{info.name} {info.version}, {builder}"))
+        builder = ("BuildKit" if info.buildkit else "classic builder (no buildx plugin)") if info.name == "docker" \
+            else "Buildah"
+        mode = {True: "rootless", False: "rootful", None: "rootful/rootless unknown"}[info.rootless]
+        checks.append(Check("engine", True, f"{info.name} {info.version}, {builder}, {mode}, storage "
+                            f"{info.storage_driver or 'unknown'} at {root or 'unknown'}; Kind provider {info.name}"))
+        if engine.name == "podman":
+            problem = podman_network_problem(engine)
+            checks.append(Check("podman network", problem is None, problem or "container names resolve on the "
+                                "kind network (Kind's podman provider can join workers)", DNSNAME_HINT if problem
+                                else "", required=False))
     except KtiError as exc:
         checks.append(Check("engine", False, exc.message, exc.hint))
     checks.append(lab_settings())
@@ -127,6 +136,11 @@ def run_checks(engine_name: str | None = None, runner: Runner | None = None,
                         hint="install git for image provenance labels"))
     if root and os.path.isdir(root):
         checks.append(_disk("engine storage", root))
+    elif root:
+        checks.append(Check("disk (engine storage)", False, f"{root} is not visible from here (a remote engine or "
+                            "a podman machine VM)", "check its free space inside the engine: 'docker system df' / "
+                            "'podman system df' (a full podman machine disk blocks even 'kind delete')",
+                            required=False))
     checks.append(_disk("working directory", str(Path.cwd())))
     checks.append(inotify())
     return checks

@@ -31,6 +31,8 @@ class EngineInfo:
     version: str
     buildkit: bool
     root_dir: str
+    storage_driver: str = ""  # overlay2 (docker), overlay (podman's containers/storage), vfs...
+    rootless: bool | None = None  # None: the engine did not say
 
 
 @dataclass(frozen=True)
@@ -94,18 +96,21 @@ class Engine:
         if self._info is not None:
             return self._info
         fmt = (
-            "{{.ServerVersion}}|{{.DockerRootDir}}"
+            "{{.ServerVersion}}|{{.DockerRootDir}}|{{.Driver}}|{{.SecurityOptions}}"
             if self.name == "docker"
-            else "{{.Version.Version}}|{{.Store.GraphRoot}}"
+            else "{{.Version.Version}}|{{.Store.GraphRoot}}|{{.Store.GraphDriverName}}|{{.Host.Security.Rootless}}"
         )
         result = self.run("info", "--format", fmt, check=False, timeout=30)
         if result.returncode != 0:
             raise _unreachable(self.name, result.stderr or result.stdout)
-        version, _, root = result.stdout.strip().partition("|")
+        version, root, driver, security = [*result.stdout.strip().split("|", 3), "", "", ""][:4]
+        rootless: bool | None = None
+        if security:
+            rootless = "rootless" in security if self.name == "docker" else security.strip() == "true"
         buildkit = False
         if self.name == "docker" and os.environ.get("DOCKER_BUILDKIT") != "0":
             buildkit = self.run("buildx", "version", check=False, timeout=30).returncode == 0
-        self._info = EngineInfo(self.name, version, buildkit, root)
+        self._info = EngineInfo(self.name, version, buildkit, root, driver, rootless)
         return self._info
 
     def platform(self) -> str:

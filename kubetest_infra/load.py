@@ -341,6 +341,7 @@ class Loader:
                             hint="create the cluster first")
         started = time.monotonic()
         nodes = list(dict.fromkeys(nodes))
+        self._check_nodes(nodes)
         with ExitStack() as stack:
             for node in sorted(nodes):
                 stack.enter_context(self._node_lock(node))
@@ -510,6 +511,20 @@ class Loader:
             raise LoadError(f"loading {refs} failed on " + "; ".join(f"{n}: {p}" for n, p in sorted(failed.items())),
                             hint="check the nodes are running ('kind get nodes', 'docker ps') and have disk space "
                             "('kti doctor'); nothing was tagged on a node where the import did not verify")
+
+    def _check_nodes(self, nodes: Sequence[str]) -> None:
+        """Every node is a container of this engine: a node of another engine's cluster is refused up front."""
+        res = self.engine.run("ps", "-a", "--format", "{{.Names}}", check=False, timeout=30)
+        if res.returncode != 0:
+            return  # the probe that follows reports an engine that does not answer
+        known = set(res.stdout.split())
+        missing = [n for n in nodes if n not in known]
+        if missing:
+            other = "docker" if self.engine.name == "podman" else "podman"
+            raise LoadError(f"node(s) {', '.join(missing)} are not containers of the {self.engine.name} engine",
+                            hint=f"the images and the cluster must share one engine: a cluster created with the "
+                            f"{other} provider needs --engine {other} (KTI_ENGINE={other}) for build and load; "
+                            f"or the cluster is gone ('kind get clusters')")
 
     def _running(self, node: str) -> bool:
         return self._container(node)[0]

@@ -1,4 +1,10 @@
-"""Fixtures for the docker tier: the real engine, offline base images, builders that clean up."""
+"""Fixtures for the docker tier: the real engine, offline base images, builders that clean up.
+
+A test marked ``each_engine`` runs once per engine (``[docker]``, ``[podman]``): the ``engine`` fixture
+is parametrized indirectly, the root conftest marks the podman run with the ``podman`` tier (skipped
+loudly, or failed when ``KTI_REQUIRE_TIERS`` names podman). Unmarked tests get the run's engine
+(``$KTI_ENGINE`` or auto-detected).
+"""
 
 from __future__ import annotations
 
@@ -11,18 +17,45 @@ import pytest
 
 from kubetest_infra.build import Builder
 from kubetest_infra.cleanup import managed_images, remove_run_images, run_refs
-from kubetest_infra.engine import Engine, get_engine
+from kubetest_infra.engine import ENGINES, Engine, get_engine
 from kubetest_infra.tags import new_run_id
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("each_engine") and "engine" in metafunc.fixturenames:
+        metafunc.parametrize("engine", ENGINES, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def engine() -> Engine:
-    return get_engine()
+def engine(request: pytest.FixtureRequest) -> Engine:
+    name = getattr(request, "param", None)
+    return get_engine(name)
 
 
-def _base_image(kind: str, env_name: str) -> str:
+def podman_name(ref: str) -> str:
+    """The name podman gives a docker image it loads: a short name gets ``localhost/`` (hack/lab/podman)."""
+    first, slash, _ = ref.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    return f"localhost/{ref}"
+
+
+def _base_image(kind: str, env_name: str, engine: Engine | None = None) -> str:
+    ref = _docker_base_image(kind, env_name)
+    if engine is None or engine.name != "podman":
+        return ref
+    name = podman_name(ref)
+    if engine.inspect_image(name) is None:
+        message = f"base image {name} is not in podman's store (hack/lab/podman setup copies it from docker)"
+        if "podman" in os.environ.get("KTI_REQUIRE_TIERS", ""):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(f"podman tier SKIPPED: {message}")
+    return name
+
+
+def _docker_base_image(kind: str, env_name: str) -> str:
     if os.environ.get(env_name):
         return os.environ[env_name]
     proc = subprocess.run(["bash", str(ROOT / "hack" / "base-images"), kind], capture_output=True, text=True,
@@ -38,9 +71,9 @@ def _base_image(kind: str, env_name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def busybox() -> str:
-    """A local image with a shell (no registry here: built from Debian's busybox-static)."""
-    return _base_image("busybox", "BUSYBOX_IMAGE")
+def busybox(engine: Engine) -> str:
+    """A local image with a shell (no registry here: built from Debian's busybox-static), in ``engine``."""
+    return _base_image("busybox", "BUSYBOX_IMAGE", engine)
 
 
 BuilderFactory = Callable[..., Builder]

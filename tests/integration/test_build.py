@@ -50,6 +50,7 @@ def spec_for(ctx: Path, busybox: str, name: str = "app") -> BuildSpec:
     return BuildSpec(name=name, context=ctx, build_args={"BASE_IMAGE": busybox})
 
 
+@pytest.mark.each_engine
 def test_stale_image_story(make_builder: BuilderFactory, engine: Engine, busybox: str, tmp_path: Path) -> None:
     """kubernaut's story: edit one source, build again → new digest and image; unchanged → reused."""
     ctx = write_context(tmp_path / "svc", {"app.txt": f"v1 {token()}\n"}, APP_DOCKERFILE)
@@ -78,6 +79,7 @@ def test_stale_image_story(make_builder: BuilderFactory, engine: Engine, busybox
     assert engine.inspect_image(third.ref).id == second.image_id  # type: ignore[union-attr]
 
 
+@pytest.mark.each_engine
 def test_no_cache_rebuilds_even_when_inputs_are_unchanged(make_builder: BuilderFactory, busybox: str,
                                                           tmp_path: Path) -> None:
     ctx = write_context(tmp_path / "svc", {"app.txt": token()}, APP_DOCKERFILE)
@@ -88,6 +90,7 @@ def test_no_cache_rebuilds_even_when_inputs_are_unchanged(make_builder: BuilderF
     assert again.input_digest == first.input_digest
 
 
+@pytest.mark.each_engine
 def test_sources_edited_during_the_build_raise_stale(make_builder: BuilderFactory, engine: Engine,
                                                       busybox: str, tmp_path: Path) -> None:
     ctx = write_context(tmp_path / "svc", {"app.txt": f"before {token()}"}, SLOW_DOCKERFILE)
@@ -114,6 +117,7 @@ def test_sources_edited_during_the_build_raise_stale(make_builder: BuilderFactor
     assert engine.inspect_image(builder.ref_for(spec_for(ctx, busybox))) is None  # the stale tag is gone
 
 
+@pytest.mark.each_engine
 def test_rebuild_on_stale_produces_a_fresh_matching_image(make_builder: BuilderFactory, engine: Engine,
                                                           busybox: str, tmp_path: Path) -> None:
     ctx = write_context(tmp_path / "svc", {"app.txt": f"before {token()}"}, SLOW_DOCKERFILE)
@@ -133,6 +137,7 @@ def test_rebuild_on_stale_produces_a_fresh_matching_image(make_builder: BuilderF
     assert info is not None and info.labels[LABEL_DIGEST] == image.input_digest
 
 
+@pytest.mark.each_engine
 def test_verify_detects_a_tag_that_no_longer_matches(make_builder: BuilderFactory, engine: Engine, busybox: str,
                                                      tmp_path: Path) -> None:
     ctx = write_context(tmp_path / "svc", {"app.txt": token()}, APP_DOCKERFILE)
@@ -154,6 +159,7 @@ def test_verify_detects_a_tag_that_no_longer_matches(make_builder: BuilderFactor
     assert engine.inspect_image(image.image_id) is None
 
 
+@pytest.mark.each_engine
 def test_concurrent_runs_get_distinct_tags_and_cleanup_is_isolated(make_builder: BuilderFactory, engine: Engine,
                                                                    busybox: str, tmp_path: Path) -> None:
     ctx = write_context(tmp_path / "svc", {"app.txt": token()}, APP_DOCKERFILE)
@@ -177,6 +183,7 @@ def test_concurrent_runs_get_distinct_tags_and_cleanup_is_isolated(make_builder:
     assert still is not None and still.id == img_b.image_id  # type: ignore[attr-defined]
 
 
+@pytest.mark.each_engine
 def test_failing_run_step_carries_the_log_tail_and_leaves_nothing(make_builder: BuilderFactory, engine: Engine,
                                                                   busybox: str, tmp_path: Path) -> None:
     marker = f"kti-marker-{token()}"
@@ -195,6 +202,7 @@ def test_failing_run_step_carries_the_log_tail_and_leaves_nothing(make_builder: 
     assert marker not in leftover, "an intermediate container of the failed build was left behind"
 
 
+@pytest.mark.each_engine
 def test_a_failed_rebuild_in_a_warm_run_keeps_the_environments_tag(make_builder: BuilderFactory, engine: Engine,
                                                                     busybox: str, tmp_path: Path) -> None:
     """A warm run (same run id) whose rebuild fails must not remove the tag it found: that tag belongs to the
@@ -304,6 +312,7 @@ def test_cli_errors_have_hints_and_exit_codes(tmp_path: Path) -> None:
     assert usage.returncode == 2
 
 
+@pytest.mark.each_engine
 def test_gc_only_touches_our_old_images(make_builder: BuilderFactory, engine: Engine, busybox: str,
                                         tmp_path: Path) -> None:
     ctx = write_context(tmp_path / "svc", {"app.txt": token()}, APP_DOCKERFILE)
