@@ -118,7 +118,9 @@ def image_files(engine: Engine, ref: str, prefix: str = "ctx/") -> set[str]:
         export = subprocess.run([engine.binary, "export", cid], capture_output=True, check=True)
         listing = subprocess.run(["tar", "-t"], input=export.stdout, capture_output=True, check=True).stdout
     finally:
-        subprocess.run([engine.binary, "rm", "-f", cid], capture_output=True, check=False)
+        removed = subprocess.run([engine.binary, "rm", "-f", cid], capture_output=True, text=True, check=False)
+        # podman under parallel load: the image stays "in use by a container" when this fails unseen
+        assert removed.returncode == 0, f"{engine.binary} rm -f {cid}: {removed.stderr.strip()}"
     out = set()
     for line in listing.decode().splitlines():
         line = line.rstrip("/")
