@@ -415,6 +415,19 @@ class KindClusters:
         atomic_write(self.kubeconfig_path(name), text, mode=0o600)
 
     def _check_node_image(self, config: ClusterConfig) -> None:
+        first, slash, _ = (config.node_image or "").partition("/")
+        if self.engine.name == "podman" and config.node_image and not (
+                slash and ("." in first or ":" in first or first == "localhost")):
+            # podman itself finds kti-lab/node:x as localhost/kti-lab/node:x, but kind's podman provider
+            # rewrites an unqualified name to docker.io/... and tries to pull it (offline: fails deep in kind)
+            local = self.engine.inspect_image(config.node_image)
+            name = next((t for t in (local.repo_tags if local else ()) if t.endswith(config.node_image)),
+                        f"docker.io/{config.node_image}" if slash else f"docker.io/library/{config.node_image}")
+            raise NodeImageMissingError(
+                f"node image {config.node_image!r} is unqualified: Kind's podman provider reads it as "
+                f"docker.io/{config.node_image if slash else 'library/' + config.node_image}",
+                hint=f"give the fully qualified name, here {name} (KTI_NODE_IMAGE=localhost/... for an image "
+                "podman holds locally; hack/lab/podman setup prints KTI_PODMAN_NODE_IMAGE)")
         if config.node_image and self.engine.inspect_image(config.node_image) is None:
             pulled = self.engine.run("pull", config.node_image, check=False, timeout=300)
             if pulled.returncode != 0:

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from kubetest_infra.cluster import EngineMismatchError, KindClusters, podman_network_problem
+from kubetest_infra.cluster import (
+    ClusterConfig,
+    EngineMismatchError,
+    KindClusters,
+    NodeImageMissingError,
+    podman_network_problem,
+)
 from kubetest_infra.dockerignore import ignore_file_for
 from kubetest_infra.engine import Engine, image_id
 from kubetest_infra.errors import CommandError
@@ -121,3 +127,13 @@ def test_podman_network_without_dns_is_named(tmp_path: Path) -> None:
     on = RecordingRunner().on(["podman", "info"], stdout="netavark").on(["podman", "network"], stdout="true")
     assert podman_network_problem(Engine("podman", on)) is None
     assert podman_network_problem(Engine("docker", RecordingRunner())) is None
+
+
+def test_an_unqualified_node_image_is_refused_for_the_podman_provider(tmp_path: Path) -> None:
+    runner = RecordingRunner().on(["podman", "image", "inspect"],
+                                  stdout=f'[{{"Id": "{HEX}", "RepoTags": ["localhost/kti-lab/node:v1"]}}]')
+    kc = KindClusters(Engine("podman", runner), state_dir=tmp_path, kind_binary="kind")
+    with pytest.raises(NodeImageMissingError) as err:
+        kc._check_node_image(ClusterConfig("c", node_image="kti-lab/node:v1"))
+    assert "docker.io/kti-lab/node:v1" in err.value.message and "localhost/kti-lab/node:v1" in (err.value.hint or "")
+    kc._check_node_image(ClusterConfig("c", node_image="localhost/kti-lab/node:v1"))  # qualified: fine
