@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except KtiError as exc:
         print(f"kti {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return 130 if getattr(exc, "interrupted", False) else 1  # 128 + SIGINT: a cancel is not a failure
     except KeyboardInterrupt:
         print(f"kti {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -70,13 +70,16 @@ class GraphError(KtiError):
         self.values = dict(values)
         self.timings = tuple(timings)
         self.interrupted = interrupted
-        lines = ["interrupted" if interrupted else f"{len(self.failures)} task(s) failed:"]
+        lines = ["interrupted (SIGINT or SIGTERM):" if interrupted else f"{len(self.failures)} task(s) failed:"]
         for tid, exc in self.failures.items():
             text = str(exc).replace("\n", "\n      ")
             lines.append(f"  - {tid}: {text}")
         for tid, why in self.cancelled.items():
             lines.append(f"  - {tid}: cancelled ({why})")
-        super().__init__("\n".join(lines), hint="fix the first failure above; cancelled tasks depend on it")
+        hint = ("the run was stopped by Ctrl-C or SIGTERM and undid what it had created; anything the undo "
+                "could not remove is listed above and recorded: 'kti down SUITE' or 'kti gc' finishes it"
+                if interrupted else "fix the first failure above; cancelled tasks depend on it")
+        super().__init__("\n".join(lines), hint=hint)
 
 
 def validate(tasks: Sequence[Task]) -> list[str]:

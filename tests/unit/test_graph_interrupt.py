@@ -101,3 +101,21 @@ def test_a_child_started_while_interrupts_are_deferred_can_still_be_terminated()
         proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     proc.terminate()
     assert proc.wait(timeout=10) == -signal.SIGTERM
+
+
+def test_an_interrupted_run_says_so_and_exits_130(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the fault tier: an interrupted ``kti up`` exited 1 with the hint of a failed task ("fix the
+    first failure above"); a cancel is reported as one (exit 130, as after Ctrl-C) with what to do next."""
+    from kubetest_infra import cli
+
+    interrupted = GraphError({}, {"cluster": "interrupted"}, {}, (), interrupted=True)
+    assert "Ctrl-C or SIGTERM" in str(interrupted) and "kti down" in str(interrupted)
+    assert "fix the first failure" not in str(interrupted)
+    failed = GraphError({"build:web": RuntimeError("boom")}, {}, {}, ())
+    for exc, code in ((interrupted, 130), (failed, 1)):
+        def raise_it(_args: object, exc: BaseException = exc) -> int:
+            raise exc
+        monkeypatch.setitem(cli.COMMANDS, "status", raise_it)
+        assert cli.main(["status"]) == code
+    assert "kti status: error: interrupted (SIGINT or SIGTERM)" in capsys.readouterr().err
