@@ -181,6 +181,8 @@ class Informer:
         """Start watching ``kinds`` (if not yet) and wait for their first list."""
         started = []
         with self._lock:
+            if self.stopped:
+                raise self._stopped_error(kinds)
             for kind in kinds:
                 if kind not in self._reflectors:
                     if kind not in RESOURCES:
@@ -191,7 +193,10 @@ class Informer:
                 started.append(self._reflectors[kind])
         deadline = time.monotonic() + timeout
         for r in started:
-            if not r.synced.wait(max(0.0, deadline - time.monotonic())):
+            synced = r.synced.wait(max(0.0, deadline - time.monotonic()))
+            if self.stopped:  # stop() wakes this wait: an interrupted run must not sit out the timeout
+                raise self._stopped_error(kinds)
+            if not synced:
                 raise WatchError(f"listing {r.resource.kind} in namespace {self.namespace} took over {timeout:.0f} s",
                                  hint="the API server is slow or unreachable; check the cluster")
             if r.error is not None:
@@ -219,9 +224,16 @@ class Informer:
                 self.cond.wait(timeout)
             return self.version
 
+    def _stopped_error(self, kinds: tuple[str, ...]) -> WatchError:
+        return WatchError(f"the watches of {', '.join(kinds)} in namespace {self.namespace} were stopped "
+                          "(the run was interrupted)", hint="nothing to do: the run is being undone")
+
     def stop(self) -> None:
-        self.stopped = True
-        for r in list(self._reflectors.values()):
+        with self._lock:
+            self.stopped = True
+            reflectors = list(self._reflectors.values())
+        for r in reflectors:
             r.close()
+            r.synced.set()  # wake an ensure() waiting for a first list that will never come
         with self.cond:
             self.cond.notify_all()
