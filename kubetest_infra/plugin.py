@@ -218,6 +218,8 @@ def kti_env(pytestconfig: pytest.Config, kti_engine: Engine) -> Environment:
                                  on_event=lambda task, ev, s: print(f"[kti] {task}: {ev} {s:.1f}s", file=sys.stderr))
             except KtiError as exc:
                 (shared / FAILED).write_text(str(exc))
+                if getattr(exc, "interrupted", False):  # Ctrl-C/SIGTERM, already undone: stop the session
+                    raise KeyboardInterrupt(str(exc)) from exc
                 pytest.fail(f"kti_env: {exc}", pytrace=False)
             from kubetest_infra.state import write_json
 

@@ -132,3 +132,28 @@ def test_kti_env_is_created_once_shared_by_all_workers_and_torn_down_once(
     assert downs[0].read_text() == "8", "torn down after every test of every worker finished"
     assert downs[0].name.split("-")[1] not in {t.name.split("-")[2] for t in tests}, "the controller tears down"
     assert not list((pytester.path / "state" / "sessions").iterdir()), "the session's shared files are removed"
+
+
+def test_an_interrupted_bring_up_stops_the_session(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the fault tier: Ctrl-C while ``kti_env`` brought the suite up failed that one test (exit
+    1) and the session went on to the next tests; an interrupt stops the session (exit 2, as pytest's own)."""
+    out = pytester.mkdir("out")
+    monkeypatch.setenv("KTI_TEST_OUT", str(out))
+    monkeypatch.setenv("KTI_STATE_DIR", str(pytester.mkdir("state")))
+    suite = pytester.mkdir("suite")
+    (suite / "suite.yaml").write_text(SUITE_YAML)
+    (suite / "web.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\n")
+    pytester.makeconftest(FAKE_CONFTEST + '''
+
+from kubetest_infra.graph import GraphError
+
+def interrupted_up(self, **kw):
+    raise GraphError({}, {"cluster": "interrupted"}, {}, (), interrupted=True)
+
+sess.Session.up = interrupted_up
+''')
+    pytester.makepyfile(test_a=ENV_TEST, test_b=ENV_TEST)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "--kti-suite", str(suite))
+    assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()
+    assert not list(out.glob("test-*")), "no test ran after the interrupt"
+    result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
