@@ -144,6 +144,7 @@ class Session:
                     hint="wait for that session to end, or run this one against its own cluster (a copy of the "
                     "suite with another cluster name and host ports)")
             ledger = Ledger(self.clusters.state_dir, self.key, chosen, self.suite.name, self.owner)
+            ledger.open()  # the state directory takes our records, or nothing starts
             orch = Orchestrator(self.suite, self.engine, chosen, clusters=self.clusters, reuse=reuse,
                                 keep=keep_on_failure, no_cache=no_cache, on_event=on_event, wait_policy=wait_policy,
                                 node_image=node_image, max_workers=max_workers, ledger=ledger, handover=handover,

@@ -63,8 +63,13 @@ def default_state_dir() -> Path:
 # -- files -------------------------------------------------------------------------------------
 def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
     """Write ``text`` to ``path`` so that readers see the old content or the new, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a full disk or a file where a directory should be: typed, like a failed write
+        raise StateError(f"cannot write {path}: {exc.strerror or exc}",
+                         hint=f"check free space and permissions of {path.parent} "
+                         f"(the state directory is ${STATE_ENV}, default ~/.local/state/kubetest-infra)") from exc
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -226,6 +231,11 @@ class Ledger:
     @property
     def items(self) -> tuple[Item, ...]:
         return tuple(self._items)
+
+    def open(self) -> None:
+        """Write the (empty) ledger before the run starts anything: a state directory that cannot take it
+        (full, read-only) fails the run at once, with one :class:`StateError`, before anything is made."""
+        self._save()
 
     def record(self, item: Item) -> None:
         """Note ``item`` as created by this run. Call it *before* creating the item."""
