@@ -1,7 +1,9 @@
 """dockerd restarted during a build, on a *private* second daemon so the main engine (and every other
 session's work) is never touched: its own ``--data-root``, ``--exec-root`` (its own containerd),
-``--pidfile`` and socket, ``--bridge=none --iptables=false --ip-masq=false`` (no docker0, no iptables
-rules), the vfs storage driver; stopped and removed after the test.
+``--pidfile`` and socket, its own **network namespace** (``unshare --net``: its docker0 is its own; with
+``--bridge=none`` instead, dockerd deletes the host's docker0 at start-up), ``--iptables=false
+--ip-masq=false``, the vfs storage driver; stopped and removed after the test, which checks that the
+host's docker0 is the same interface before and after.
 
 The build must end in a typed error with a ``Hint:`` (or succeed), within a bound; no tag of the run may
 point at a half-built image; the pre-existing image of the same suite must survive; a build after the
@@ -41,9 +43,12 @@ class PrivateDockerd:
         return f"unix://{self.sock}"
 
     def start(self) -> None:
-        argv = ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-                "--pidfile", str(self.root / "dockerd.pid"), "-H", self.host, "--bridge=none", "--iptables=false",
-                "--ip-masq=false", "--ip6tables=false", "--storage-driver=vfs"]
+        # Its own network namespace: dockerd deletes the host's docker0 at start-up when given --bridge=none
+        # (libnetwork's removeDefaultBridgeInterface), which broke the main engine's bridge for every session;
+        # in a namespace of its own, its docker0 and any iptables rules are its own.
+        argv = ["unshare", "--net", "dockerd", "--data-root", str(self.root / "data"), "--exec-root",
+                str(self.root / "exec"), "--pidfile", str(self.root / "dockerd.pid"), "-H", self.host,
+                "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--storage-driver=vfs"]
         log = (self.root / "dockerd.log").open("ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
         until(lambda: subprocess.run(["docker", "-H", self.host, "info"], capture_output=True,
@@ -65,8 +70,9 @@ class PrivateDockerd:
 
 @pytest.fixture
 def dockerd(tmp_path: Path, world: World) -> Iterator[PrivateDockerd]:
-    if shutil.which("dockerd") is None or os.geteuid() != 0:
-        pytest.fail("the dockerd-restart fault needs dockerd and root", pytrace=False)
+    if shutil.which("dockerd") is None or shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.fail("the dockerd-restart fault needs dockerd, unshare and root", pytrace=False)
+    host_bridge = _docker0()
     root = Path(f"/tmp/kti-faults-dockerd-{os.getpid()}")  # short: a unix socket path has ~100 bytes
     root.mkdir(mode=0o700)
     d = PrivateDockerd(root)
@@ -88,6 +94,16 @@ def dockerd(tmp_path: Path, world: World) -> Iterator[PrivateDockerd]:
             if mnt.startswith(str(root)):
                 subprocess.run(["umount", "-l", mnt], check=False)
         shutil.rmtree(root, ignore_errors=True)
+    assert _docker0() == host_bridge, f"the host's docker0 changed ({host_bridge} -> {_docker0()}): the main " \
+        "engine's bridge was touched"
+
+
+def _docker0() -> str:
+    """The host's docker0 (ifindex and address): the private daemon must never touch it."""
+    base = Path("/sys/class/net/docker0")
+    if not base.exists():
+        return "absent"
+    return f"{(base / 'ifindex').read_text().strip()} {(base / 'address').read_text().strip()}"
 
 
 def _ours(d: PrivateDockerd) -> list[str]:
