@@ -83,7 +83,7 @@ class Registry:
 
 def parse_registry(text: str) -> Registry:
     """``HOST[:PORT][/PREFIX]`` → :class:`Registry`; a typed error for anything else."""
-    raw = text.strip().removeprefix("https://").removeprefix("http://").strip("/")
+    raw = text.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
     host, _, prefix = raw.partition("/")
     if not host or not _HOST.match(host) or (prefix and not _PREFIX.match(prefix)):
         raise ConfigError(f"registry {text!r} is not HOST[:PORT][/PREFIX]",
