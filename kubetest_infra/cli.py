@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gc", help="finish what crashed runs left, then remove our images not used for a while")
     g.add_argument("--older-than", default="24h", help="age such as 30m, 12h, 7d (default 24h)")
     g.add_argument("--dry-run", action="store_true", help="list the images that would be removed")
+    g.add_argument("--kubeconfig", type=Path, default=os.environ.get("KTI_KUBECONFIG") or None,
+                   help="also remove namespaces of dead runs of this machine older than --older-than there")
+    g.add_argument("--context", default=os.environ.get("KTI_CONTEXT") or None, help="its context")
 
     c = sub.add_parser("clean", help="remove the image tags of one run")
     c.add_argument("--run-id", required=True, help="the run id (the part of the tag after SUITE-)")
@@ -164,6 +167,15 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if not args.dry_run:
         for line in gc_state(engine, KindClusters(engine)):
             print(f"removed {line}")
+    if args.kubeconfig:
+        from datetime import datetime, timezone
+
+        from kubetest_infra.remote import RemoteCluster, gc_namespaces
+
+        remote = RemoteCluster(args.kubeconfig.resolve(), args.context)
+        remote.check()
+        for name in gc_namespaces(remote, age, datetime.now(timezone.utc), dry_run=args.dry_run):
+            print(f"{'would remove' if args.dry_run else 'removed'} namespace {name} (its run is gone)")
     result = gc(engine, age, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for ref in result.removed:

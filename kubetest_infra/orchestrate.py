@@ -52,7 +52,7 @@ from kubetest_infra.kube import api_client
 from kubetest_infra.kubewatch import Informer
 from kubetest_infra.load import Loader, LoadError, kind_node_names
 from kubetest_infra.probes import ServiceCheckError, wait_http, wait_tcp
-from kubetest_infra.remote import RemoteCluster
+from kubetest_infra.remote import RemoteCluster, namespace_metadata
 from kubetest_infra.render import cluster_scoped_problems
 from kubetest_infra.state import Environment, Item, Ledger, Owner
 from kubetest_infra.suite import Service, Suite
@@ -306,8 +306,8 @@ class Orchestrator:
             if exc.status != 404:
                 raise
             self.ledger.record(Item("namespace", ns, self.remote.where if self.remote else cluster.name))
-            core.create_namespace({"metadata": {"name": ns, "labels": {
-                "kubetest-infra/suite": self.suite.name, "kubetest-infra/run": self.run_id}}}, _request_timeout=30)
+            core.create_namespace({"metadata": namespace_metadata(ns, self.suite.name, self.run_id, self.ledger.owner)},
+                                  _request_timeout=30)
         return ns
 
     def _load(self, source: str, deps: Mapping[str, Any]) -> Delivered:

@@ -9,8 +9,12 @@ items of such a namespace carry ``kubeconfig:PATH[#CONTEXT]`` as their ``where``
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +24,12 @@ from kubernetes import client
 from kubetest_infra.cluster import Cluster
 from kubetest_infra.errors import ConfigError
 from kubetest_infra.kube import api_client
+from kubetest_infra.state import Owner
 
 WHERE_PREFIX = "kubeconfig:"
+RUN_LABEL = "kubetest-infra/run"
+SUITE_LABEL = "kubetest-infra/suite"
+OWNER_ANNOTATION = "kubetest-infra/owner"  # the run's process (pid, start, host): kti gc judges by it
 MAX_NAMESPACE = 63
 
 
@@ -86,3 +94,55 @@ def run_namespace(suite: str, run_id: str, template: str | None = None) -> str:
         raise ConfigError(f"namespace {name!r} is longer than {MAX_NAMESPACE} characters",
                           hint="use a shorter run id or --namespace template")
     return name
+
+
+def namespace_metadata(name: str, suite: str, run_id: str, owner: Owner) -> dict[str, object]:
+    """A run's namespace: labelled with suite and run, annotated with its owning process."""
+    return {"name": name, "labels": {SUITE_LABEL: suite, RUN_LABEL: run_id},
+            "annotations": {OWNER_ANNOTATION: json.dumps(owner.to_json(), sort_keys=True)}}
+
+
+@dataclass(frozen=True)
+class RunNamespace:
+    name: str
+    run_id: str
+    created: datetime
+    owner: Owner | None
+
+
+def stale(namespaces: Iterable[RunNamespace], older_than: timedelta, now: datetime) -> list[str]:
+    """Namespaces of dead runs: created before ``now - older_than`` and owned by a process of this machine
+    that is gone. A namespace without an owner, or owned on another machine (``Owner.alive`` cannot tell),
+    is never chosen: its run's own teardown removes it."""
+    cutoff = now - older_than
+    return sorted(n.name for n in namespaces if n.created < cutoff and n.owner is not None and not n.owner.alive())
+
+
+def run_namespaces(api: object) -> list[RunNamespace]:
+    """Every namespace of the cluster labelled with a run (``kubetest-infra/run``)."""
+    core: object = client.CoreV1Api(api)
+    out = []
+    for ns in core.list_namespace(label_selector=RUN_LABEL, _request_timeout=30).items:  # type: ignore[attr-defined]
+        meta = ns.metadata
+        if ns.status is not None and ns.status.phase == "Terminating":
+            continue  # already going
+        owner = None
+        with contextlib.suppress(KeyError, ValueError, TypeError):
+            owner = Owner.from_json(json.loads((meta.annotations or {})[OWNER_ANNOTATION]))
+        out.append(RunNamespace(meta.name, (meta.labels or {}).get(RUN_LABEL, ""), meta.creation_timestamp, owner))
+    return out
+
+
+def gc_namespaces(remote: RemoteCluster, older_than: timedelta, now: datetime, *, dry_run: bool = False) -> list[str]:
+    """Remove (or list) the namespaces :func:`stale` chooses on ``remote``; never anything else."""
+    api = remote.api()
+    doomed = stale(run_namespaces(api), older_than, now)
+    if not dry_run:
+        core: object = client.CoreV1Api(api)
+        for name in doomed:
+            try:
+                core.delete_namespace(name, _request_timeout=30)  # type: ignore[attr-defined]
+            except client.exceptions.ApiException as exc:
+                if exc.status != 404:
+                    raise
+    return doomed

@@ -13,6 +13,7 @@ tags and remove only those; the cluster and every other namespace stay.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -162,3 +163,35 @@ def test_pregenerated_registry_tag_is_refused_before_apply(kubeconfig: Path, tmp
     assert _namespaces(kubeconfig) == before  # refused before its namespace was made, or that removed
     assert not list((tmp_path / "state" / "runs").glob("*.json"))  # nothing left in a ledger
     session.end()
+
+
+def test_gc_removes_only_namespaces_of_dead_runs(kubeconfig: Path) -> None:
+    import socket
+    from datetime import datetime, timedelta, timezone
+
+    from kubetest_infra.remote import gc_namespaces, namespace_metadata
+    from kubetest_infra.state import Owner
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    tag = new_run_id()[:6]
+    owners = {f"gc-dead-{tag}": Owner(proc.pid, "", socket.gethostname(), "pytest", 0.0),
+              f"gc-live-{tag}": Owner.current("pytest"),
+              f"gc-elsewhere-{tag}": Owner(1, "", "another-host", "pytest", 0.0)}
+    core = _core(kubeconfig)
+    before = _namespaces(kubeconfig)
+    for name, owner in owners.items():
+        core.create_namespace({"metadata": namespace_metadata(name, "gc", tag, owner)})
+    try:
+        remote = RemoteCluster(kubeconfig)
+        young = gc_namespaces(remote, timedelta(hours=1), datetime.now(timezone.utc), dry_run=True)
+        assert not set(young) & set(owners)  # too young
+        removed = gc_namespaces(remote, timedelta(0), datetime.now(timezone.utc) + timedelta(seconds=5))
+        assert set(removed) & set(owners) == {f"gc-dead-{tag}"}  # (and other dead runs' namespaces)
+        assert {f"gc-live-{tag}", f"gc-elsewhere-{tag}"} <= _namespaces(kubeconfig)
+        assert f"gc-dead-{tag}" not in _namespaces(kubeconfig)
+        assert before - set(removed) <= _namespaces(kubeconfig)  # nothing else went
+    finally:
+        for name in owners:
+            with contextlib.suppress(client.exceptions.ApiException):
+                core.delete_namespace(name)

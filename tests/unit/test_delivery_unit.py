@@ -127,3 +127,24 @@ def test_remote_check_names_the_problem(tmp_path: Path) -> None:
     RemoteCluster(kc, "a").check()
     with pytest.raises(ConfigError, match="no context 'b'"):
         RemoteCluster(kc, "b").check()
+
+
+def test_stale_namespaces_only_of_dead_owners_of_this_machine() -> None:
+    import socket
+    import subprocess
+    from datetime import datetime, timedelta, timezone
+
+    from kubetest_infra.remote import RunNamespace, stale
+    from kubetest_infra.state import Owner
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    dead = Owner(proc.pid, "", socket.gethostname(), "pytest", 0.0)
+    live = Owner.current("pytest")
+    elsewhere = Owner(1, "", "another-host", "pytest", 0.0)
+    now = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    old, young = now - timedelta(hours=3), now - timedelta(minutes=5)
+    found = [RunNamespace("dead-old", "a", old, dead), RunNamespace("dead-young", "b", young, dead),
+             RunNamespace("live-old", "c", old, live), RunNamespace("elsewhere-old", "d", old, elsewhere),
+             RunNamespace("ownerless-old", "e", old, None)]
+    assert stale(found, timedelta(hours=1), now) == ["dead-old"]
