@@ -80,10 +80,17 @@ def _namespaces(kubeconfig: Path) -> set[str]:
             if n.status.phase != "Terminating"}
 
 
-def _node_images(kubeconfig: Path) -> str:
-    names = [n.metadata.name for n in _core(kubeconfig).list_node().items]
-    return "\n".join(subprocess.run(["docker", "exec", n, "crictl", "images", "--digests"], capture_output=True,
-                                    text=True, check=True).stdout for n in names)
+def _node_images(kubeconfig: Path) -> set[str]:
+    """Every repo tag and repo digest the nodes' containerd holds."""
+    import json
+
+    out: set[str] = set()
+    for node in [n.metadata.name for n in _core(kubeconfig).list_node().items]:
+        listing = subprocess.run(["docker", "exec", node, "crictl", "images", "-o", "json"], capture_output=True,
+                                 text=True, check=True).stdout
+        for image in json.loads(listing)["images"]:
+            out.update(image.get("repoTags") or [], image.get("repoDigests") or [])
+    return out
 
 
 def _session(kubeconfig: Path, run_id: str, state: Path, suite_dir: Path = SUITE) -> Session:
@@ -105,7 +112,7 @@ def test_two_runs_at_once_by_kubeconfig_and_registry(kubeconfig: Path, tmp_path:
     runs = [new_run_id()[:8], new_run_id()[:8]]
     sessions = [_session(kubeconfig, r, tmp_path / f"state-{r}") for r in runs]
     nodes_before = _node_images(kubeconfig)
-    assert not any(f"kti-remote-test/echo:remote-{r}" in nodes_before for r in runs)
+    assert nodes_before and not any(f":remote-{r}" in ref for r in runs for ref in nodes_before)
     envs: dict[str, Environment] = {}
     errors: list[BaseException] = []
 
@@ -133,6 +140,8 @@ def test_two_runs_at_once_by_kubeconfig_and_registry(kubeconfig: Path, tmp_path:
                 assert reg.resolve(f"{repo}:remote-{env.run_id}") == digest  # the pushed tag names that digest
             ids = _pod_image_ids(kubeconfig, ns)
             assert ids == {name: env.images[name] for name in ("echo", "worker")}, ids  # pods run the digests
+        nodes_after = _node_images(kubeconfig)
+        assert all(ref in nodes_after for e in envs.values() for ref in e.images.values())  # pulled by digest
         digests = [set(e.images.values()) for e in envs.values()]
         assert not digests[0] & digests[1]  # each run its own images
     finally:
