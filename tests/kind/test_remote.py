@@ -82,14 +82,10 @@ def _namespaces(kubeconfig: Path) -> set[str]:
 
 def _node_images(kubeconfig: Path) -> set[str]:
     """Every repo tag and repo digest the nodes' containerd holds."""
-    import json
-
     out: set[str] = set()
     for node in [n.metadata.name for n in _core(kubeconfig).list_node().items]:
-        listing = subprocess.run(["docker", "exec", node, "crictl", "images", "-o", "json"], capture_output=True,
-                                 text=True, check=True).stdout
-        for image in json.loads(listing)["images"]:
-            out.update(image.get("repoTags") or [], image.get("repoDigests") or [])
+        out.update(subprocess.run(["docker", "exec", node, "ctr", "-n", "k8s.io", "images", "ls", "-q"],
+                                  capture_output=True, text=True, check=True).stdout.split())
     return out
 
 
