@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kubetest_infra.build import Builder, BuildEvent, BuildSpec, parse_timeout
 from kubetest_infra.cleanup import gc, parse_age, remove_run_images
@@ -60,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gc", help="finish what crashed runs left, then remove our images not used for a while")
     g.add_argument("--older-than", default="24h", help="age such as 30m, 12h, 7d (default 24h)")
     g.add_argument("--dry-run", action="store_true", help="list the images that would be removed")
+    g.add_argument("--kubeconfig", type=Path, default=os.environ.get("KTI_KUBECONFIG") or None,
+                   help="also remove namespaces of dead runs of this machine older than --older-than there")
+    g.add_argument("--context", default=os.environ.get("KTI_CONTEXT") or None, help="its context")
 
     c = sub.add_parser("clean", help="remove the image tags of one run")
     c.add_argument("--run-id", required=True, help="the run id (the part of the tag after SUITE-)")
@@ -77,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pull every base image before digesting (a moved remote tag then rebuilds)")
     u.add_argument("--run-id", help="run id (default: $KTI_RUN_ID, else random)")
     u.add_argument("--json", action="store_true", help="print the environment as JSON on stdout")
+    _remote_args(u)
 
     d = sub.add_parser("down", help="remove everything a suite's environment owns (cluster, images, ...)")
     d.add_argument("suite", type=Path)
+    d.add_argument("--run-id", help="with --kubeconfig: the run whose namespace and tags go")
+    _remote_args(d)
     d.add_argument("--force", action="store_true",
                    help="also while a session uses it, and a cluster of that name without our ownership record")
 
@@ -159,6 +167,15 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if not args.dry_run:
         for line in gc_state(engine, KindClusters(engine)):
             print(f"removed {line}")
+    if args.kubeconfig:
+        from datetime import datetime, timezone
+
+        from kubetest_infra.remote import RemoteCluster, gc_namespaces
+
+        remote = RemoteCluster(args.kubeconfig.resolve(), args.context)
+        remote.check()
+        for name in gc_namespaces(remote, age, datetime.now(timezone.utc), dry_run=args.dry_run):
+            print(f"{'would remove' if args.dry_run else 'removed'} namespace {name} (its run is gone)")
     result = gc(engine, age, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for ref in result.removed:
@@ -178,15 +195,44 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0 if not result.failed else 1
 
 
+def _remote_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubeconfig", type=Path, default=os.environ.get("KTI_KUBECONFIG") or None,
+                   help="use this cluster (never created or deleted by kti; $KTI_KUBECONFIG): the run gets a "
+                   "namespace of its own")
+    p.add_argument("--context", default=os.environ.get("KTI_CONTEXT") or None,
+                   help="kubeconfig context ($KTI_CONTEXT; default: its current-context)")
+    p.add_argument("--registry", dest="push_registry", default=os.environ.get("KTI_PUSH_REGISTRY") or None,
+                   metavar="HOST[:PORT][/PREFIX]", help="push images there and deploy them by digest "
+                   "($KTI_PUSH_REGISTRY); needed with --kubeconfig")
+    p.add_argument("--namespace", default=os.environ.get("KTI_NAMESPACE") or None,
+                   help="with --kubeconfig: the run's namespace, {suite} and {run_id} filled in "
+                   "(default {suite}-{run_id}; $KTI_NAMESPACE)")
+
+
+def _session(args: argparse.Namespace, suite: Any, command: str, run_id: str | None) -> Any:
+    from kubetest_infra.delivery import parse_registry
+    from kubetest_infra.remote import RemoteCluster
+    from kubetest_infra.session import Session
+
+    remote = RemoteCluster(args.kubeconfig.resolve(), args.context) if args.kubeconfig else None
+    registry = parse_registry(args.push_registry) if args.push_registry else None
+    if remote is not None and registry is None:
+        raise ConfigError("--kubeconfig needs --registry: a cluster kti did not create has no Kind nodes to load into",
+                          hint="pass --registry HOST[:PORT][/PREFIX] that the cluster's nodes pull from")
+    if remote is not None:
+        remote.check()
+    return Session(suite, get_engine(args.engine), command=command, remote=remote, registry=registry,
+                   run_id=run_id, namespace=args.namespace)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from kubetest_infra.console import Progress, timing_table
     from kubetest_infra.preflight import check_suite
-    from kubetest_infra.session import Session
     from kubetest_infra.suite import load_suite
 
     suite = load_suite(args.suite)
     check_suite(suite, args.run_id)  # static problems before the engine, a lock or a --no-reuse removal
-    session = Session(suite, get_engine(args.engine), command="kti up")
+    session = _session(args, suite, "kti up", args.run_id)
     progress = Progress(sys.stderr, title=f"kti up {suite.name}")
     with progress:
         env = session.up(run_id=args.run_id, reuse=args.reuse, keep_env=True, keep_on_failure=args.keep,
@@ -205,10 +251,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from kubetest_infra.session import Session
     from kubetest_infra.suite import load_suite
 
-    lines = Session(load_suite(args.suite), get_engine(args.engine), command="kti down").down(force=args.force)
+    if args.kubeconfig and not args.run_id:
+        raise ConfigError("kti down --kubeconfig needs --run-id", hint="the run id 'kti up' printed")
+    lines = _session(args, load_suite(args.suite), "kti down", args.run_id).down(force=args.force)
     failed = [line for line in lines if line.startswith("could not")]
     for line in lines:
         print(line if line.startswith("could not") else f"removed {line}")

@@ -146,6 +146,7 @@ class Cluster:
     reused: bool
     seconds: float
     fingerprint: str = field(default="")
+    context: str | None = None  # a kubeconfig context (clusters reached by kubeconfig, :mod:`.remote`)
 
 
 def validate_cluster_name(name: str) -> str:

@@ -42,6 +42,7 @@ from kubetest_infra import preflight as pre
 from kubetest_infra.apply import Applied, Applier
 from kubetest_infra.build import LABEL_DIGEST, Builder, BuildSpec, BuiltImage
 from kubetest_infra.cluster import Cluster, ClusterError, KindClusters
+from kubetest_infra.delivery import Delivered, Delivery, KindDelivery, Registry, RegistryDelivery
 from kubetest_infra.diagnostics import collect
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import ConfigError
@@ -51,6 +52,8 @@ from kubetest_infra.kube import api_client
 from kubetest_infra.kubewatch import Informer
 from kubetest_infra.load import Loader, LoadError, kind_node_names
 from kubetest_infra.probes import ServiceCheckError, wait_http, wait_tcp
+from kubetest_infra.remote import RemoteCluster, namespace_metadata
+from kubetest_infra.render import cluster_scoped_problems
 from kubetest_infra.state import Environment, Item, Ledger, Owner
 from kubetest_infra.suite import Service, Suite
 from kubetest_infra.teardown import remove_items
@@ -70,8 +73,10 @@ class Orchestrator:
                  reuse: bool = True, keep: bool = False, no_cache: bool = False, max_workers: int = 4,
                  on_event: Listener | None = None, wait_policy: WaitPolicy | None = None,
                  node_image: str | None = None, ledger: Ledger | None = None, handover: bool = True,
-                 pull: bool = False, loader: Loader | None = None, early_loads: bool = True) -> None:
+                 pull: bool = False, loader: Loader | None = None, early_loads: bool = True,
+                 remote: RemoteCluster | None = None, registry: Registry | None = None) -> None:
         self.suite = suite
+        self.remote = remote  # a cluster reached by kubeconfig: never created nor deleted here
         self.engine = engine
         self.run_id = run_id
         self.clusters = clusters or KindClusters(engine)
@@ -88,6 +93,8 @@ class Orchestrator:
             replace(suite.cluster, node_image=node_image)
         self.ledger = ledger or Ledger(self.clusters.state_dir, f"run-{run_id}-{os.getpid()}", run_id, suite.name,
                                        Owner.current("orchestrator"))
+        self.delivery: Delivery = KindDelivery(self.loader) if registry is None else \
+            RegistryDelivery(engine, registry, record=self._record_push)
         self.undo = Undo()
         self.undo.add("what this run created", self._undo)
         self._api: Any = None
@@ -109,6 +116,12 @@ class Orchestrator:
     def preflight(self) -> pre.Plan:
         """Everything knowable without a cluster (see :mod:`.preflight`), the drift guard with the
         references this run will produce included; every problem at once, before anything starts."""
+        checked = [s.name for s in self.suite.services.values() if s.http is not None or s.tcp_port is not None]
+        if self.remote is not None and checked:
+            raise ConfigError(f"services {', '.join(checked)}: an http/tcp readiness check needs a host port, and a "
+                              "cluster reached by kubeconfig has none", hint="remove ready.http/tcp from those "
+                              "services for now (their workloads are still waited for); port-forward access is not "
+                              "built yet")
         self._plan = pre.check(self.suite, self.planned_refs(),
                                allowed_refs=pre.local_refs(self.suite, self.run_id).values())
         return self._plan
@@ -157,6 +170,9 @@ class Orchestrator:
                 images[name], ids[name], digests[name] = value.ref, value.image_id, value.input_digest
                 if value.reused:
                     reused.append(name)
+        for key, value in v.items():
+            if key.startswith("load:") and isinstance(value, Delivered):
+                images[key.split(":", 1)[1]] = value.ref  # a registry delivery: the pushed digest
         endpoints = {s: v[f"service:{s}"] for s in self.suite.services if v.get(f"service:{s}")}
         return Environment(self.suite.name, self.run_id, cluster.name, str(cluster.kubeconfig), self.suite.namespace,
                            images, ids, endpoints, cluster.reused, result.timings, result.critical_path,
@@ -176,10 +192,17 @@ class Orchestrator:
             raise ConfigError("could not remove: " + "; ".join(f"{i}: {why}" for i, why in done.failed),
                               hint=f"the run's ledger {self.ledger.path} keeps them; 'kti gc' retries")
 
+    def _record_push(self, kind: str, name: str) -> None:
+        """A registry delivery is about to create a local tag or push a registry tag."""
+        if kind == "image":
+            self.ledger.record(Item("image", name, self.engine.name))
+        else:
+            self.ledger.record(Item("tag", name, "registry"))
+
     def _api_client(self, cluster: Cluster) -> Any:
         with self._lock:
             if self._api is None:
-                self._api = api_client(cluster.kubeconfig)
+                self._api = api_client(cluster.kubeconfig, cluster.context)
             return self._api
 
     def _applier(self, cluster: Cluster) -> Applier:
@@ -232,6 +255,12 @@ class Orchestrator:
         return self._build_spec(BuildSpec(name, b.context, b.dockerfile, b.build_args, b.target))
 
     def _cluster(self, _deps: Mapping[str, Any]) -> Cluster:
+        if self.remote is not None:
+            try:
+                self._made = self.remote.connect()  # never created, never recorded: not ours
+                return self._made
+            finally:
+                self._cluster_done.set()
         name = self.cluster_config.name
 
         def creating() -> None:
@@ -266,17 +295,28 @@ class Orchestrator:
         core: Any = client.CoreV1Api(self._api_client(cluster))
         ns = self.suite.namespace
         try:
-            core.read_namespace(ns, _request_timeout=30)
+            found = core.read_namespace(ns, _request_timeout=30)
+            run = ((found.metadata.labels or {}).get("kubetest-infra/run") if found.metadata else None)
+            if self.remote is not None and run != self.run_id:
+                raise ConfigError(f"namespace {ns} already exists on the cluster of {self.remote.kubeconfig} "
+                                  f"and is not this run's (its run label: {run or 'none'})",
+                                  hint="a shared cluster gives every run its own namespace: use a new run id, or "
+                                  "another namespace template")
         except client.exceptions.ApiException as exc:
             if exc.status != 404:
                 raise
-            self.ledger.record(Item("namespace", ns, cluster.name))
-            core.create_namespace({"metadata": {"name": ns, "labels": {
-                "kubetest-infra/suite": self.suite.name, "kubetest-infra/run": self.run_id}}}, _request_timeout=30)
+            self.ledger.record(Item("namespace", ns, self.remote.where if self.remote else cluster.name))
+            core.create_namespace({"metadata": namespace_metadata(ns, self.suite.name, self.run_id, self.ledger.owner)},
+                                  _request_timeout=30)
         return ns
 
-    def _load(self, source: str, deps: Mapping[str, Any]) -> BuiltImage:
+    def _load(self, source: str, deps: Mapping[str, Any]) -> Delivered:
         image: BuiltImage = deps[source]
+        if self.remote is not None and isinstance(self.delivery, KindDelivery):
+            raise ConfigError("a cluster reached by kubeconfig has no Kind nodes to load images into",
+                              hint="pass --registry HOST[:PORT][/PREFIX] the cluster pulls from")
+        if not isinstance(self.delivery, KindDelivery):
+            return self.delivery.deliver(image, self._made)
         cluster = self.cluster_config.name
         ours = image.run_id == self.run_id  # a reference only this run (its environment) makes
         if ours:
@@ -288,7 +328,7 @@ class Orchestrator:
         if early:
             with self._lock:
                 self._early.add(image.ref)
-        return image
+        return Delivered(image.name, image.ref, image.image_id, self.delivery.pull_policy, image=image)
 
     def _settle(self, images: Sequence[BuiltImage], cluster: Cluster) -> None:
         """Images loaded while ``kind create`` ran: verified on every node of the Ready cluster (a
@@ -303,14 +343,25 @@ class Orchestrator:
                 self.loader.load(image, cluster.nodes)  # a node was replaced (a retried create): load again
 
     def _service(self, svc: Service, deps: Mapping[str, Any]) -> str | None:
-        images = {k.split(":", 1)[1]: v.ref for k, v in deps.items() if k.startswith("load:")}
+        delivered: dict[str, Delivered] = {k.split(":", 1)[1]: v for k, v in deps.items() if k.startswith("load:")}
+        images = {n: d.ref for n, d in delivered.items()}
         cluster: Cluster = deps["cluster"]
-        self._settle([v for k, v in deps.items() if k.startswith("load:")], cluster)
+        self._settle([d.image for d in delivered.values() if d.image is not None and d.pull_policy == "Never"],
+                     cluster)
         api = self._api_client(cluster)
         applier = self._applier(cluster)
         loaded = sources.load(self.suite, svc, images, capabilities=self._capabilities(svc, cluster))
-        ids = {v.ref: v.image_id for k, v in deps.items() if k.startswith("load:")}
-        rendered = loaded.render(images, image_ids=ids, namespace=self.suite.namespace)
+        ids = {d.ref: d.image_id for d in delivered.values()}
+        rendered = loaded.render(images, image_ids=ids, namespace=self.suite.namespace,
+                                 local_registries=self.delivery.registries, pull_policy=self.delivery.pull_policy)
+        if self.remote is not None:
+            scoped = cluster_scoped_problems(rendered.objects, rendered.sources)
+            if scoped:
+                raise ConfigError(f"service {svc.name}: cluster-scoped objects on a shared cluster; nothing was "
+                                  "applied:\n" + "\n".join(f"  - {p}" for p in scoped),
+                                  hint="a run on a cluster reached by kubeconfig creates objects in its own "
+                                  "namespace only: install cluster-scoped objects (CRDs, ClusterRoles) once, "
+                                  "outside the suite")
         diag_dir = Path(cluster.kubeconfig).parent / "diagnostics"
         export = partial(self.clusters.export_logs, cluster.name) if os.environ.get(EXPORT_LOGS_ENV) == "1" else None
         informer = self._informer_for(cluster)
@@ -333,7 +384,7 @@ class Orchestrator:
 
         release = hooks.Release(applier, self.suite.namespace, loaded.release, apply_and_wait)
         release.run(hooks.plan(rendered.objects, loaded.hooks, release.record()))
-        if self.handover:
+        if self.handover and cluster.nodes:
             self._hand_over(informer, targets, cluster)
         deadline = time.monotonic() + (svc.timeout or 120)
         hint = f"check services.{svc.name}.ready in {self.suite.path}: the host port must be a cluster.ports " \

@@ -44,12 +44,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from kubetest_infra.engine import Engine, get_engine
-from kubetest_infra.errors import KtiError
+from kubetest_infra.errors import ConfigError, KtiError
 from kubetest_infra.signals import install_terminate_handler
 from kubetest_infra.tags import new_run_id, resolve_run_id
 
 if TYPE_CHECKING:
+    from kubetest_infra.session import Session
     from kubetest_infra.state import Environment, Owner
+    from kubetest_infra.suite import Suite
 
 STATE = "environment.json"
 FAILED = "environment.failed"
@@ -68,6 +70,10 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "kti_keep_on_failure": ("KTI_KEEP_ON_FAILURE", "kti_keep_on_failure", "bool"),
     "kti_no_cache": ("KTI_NO_CACHE", "kti_no_cache", "bool"),
     "kti_pull": ("KTI_PULL", "kti_pull", "bool"),
+    "kti_kubeconfig": ("KTI_KUBECONFIG", "kti_kubeconfig", "str"),
+    "kti_context": ("KTI_CONTEXT", "kti_context", "str"),
+    "kti_registry": ("KTI_PUSH_REGISTRY", "kti_registry", "str"),
+    "kti_namespace": ("KTI_NAMESPACE", "kti_namespace", "str"),
 }
 _DEFAULTS: dict[str, Any] = {"kti_reuse": True, "kti_keep": False, "kti_keep_on_failure": False,
                              "kti_no_cache": False, "kti_pull": False}
@@ -92,6 +98,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="never reuse images or the build cache ($KTI_NO_CACHE=1)")
     group.addoption("--kti-pull", dest="kti_pull", action="store_true", default=None,
                     help="pull every base image before digesting ($KTI_PULL=1)")
+    group.addoption("--kti-kubeconfig", dest="kti_kubeconfig", default=None,
+                    help="use the cluster of this kubeconfig, never created or deleted ($KTI_KUBECONFIG; "
+                    "needs --kti-registry; docs/remote-clusters.md)")
+    group.addoption("--kti-context", dest="kti_context", default=None, help="its context ($KTI_CONTEXT)")
+    group.addoption("--kti-registry", dest="kti_registry", default=None,
+                    help="HOST[:PORT][/PREFIX] to push images to, deployed by digest ($KTI_PUSH_REGISTRY)")
+    group.addoption("--kti-namespace", dest="kti_namespace", default=None,
+                    help="with --kti-kubeconfig: the run's namespace template ($KTI_NAMESPACE, default "
+                    "{suite}-{run_id})")
     for dest, (env, ini, kind) in OPTIONS.items():
         text = f"kubetest-infra: default of --{dest.replace('_', '-')} (${env})"
         if kind == "bool":
@@ -189,7 +204,7 @@ def _suite_path(config: pytest.Config) -> Path:
 def kti_env(pytestconfig: pytest.Config, kti_engine: Engine) -> Environment:
     """The suite's environment: brought up (or attached to) by exactly one xdist worker, shared by all."""
     from kubetest_infra.preflight import check_suite
-    from kubetest_infra.session import Session, session_key
+    from kubetest_infra.session import session_key
     from kubetest_infra.state import Environment, locked
     from kubetest_infra.suite import load_suite
 
@@ -209,7 +224,11 @@ def kti_env(pytestconfig: pytest.Config, kti_engine: Engine) -> Environment:
                 (shared / FAILED).write_text(str(exc))
                 pytest.fail(f"kti_env: {exc}", pytrace=False)
             key = session_key("pytest", pytestconfig.stash[_SESSION_KEY][:16])
-            session = Session(suite, kti_engine, key=key, owner=_owner(pytestconfig), command="pytest")
+            try:
+                session = _session(pytestconfig, suite, kti_engine, key, option(pytestconfig, "kti_run_id"))
+            except KtiError as exc:
+                (shared / FAILED).write_text(str(exc))
+                pytest.fail(f"kti_env: {exc}", pytrace=False)
             try:
                 env = session.up(run_id=option(pytestconfig, "kti_run_id"), reuse=option(pytestconfig, "kti_reuse"),
                                  keep_env=option(pytestconfig, "kti_keep"),
@@ -276,7 +295,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def _end(config: pytest.Config, shared: Path, *, failed: bool) -> None:
     from kubetest_infra.cluster import KindClusters
-    from kubetest_infra.session import Session, finish_ledger, session_key
+    from kubetest_infra.session import finish_ledger, session_key
     from kubetest_infra.state import Ledger, StateError, default_state_dir, read_json
     from kubetest_infra.suite import load_suite
 
@@ -291,12 +310,31 @@ def _end(config: pytest.Config, shared: Path, *, failed: bool) -> None:
                 _say(config, "removed what the interrupted set-up created", done.lines())
             return
         keep = option(config, "kti_keep") or (failed and option(config, "kti_keep_on_failure"))
-        lines = Session(load_suite(data["suite_path"]), engine, key=key, owner=_owner(config),
-                        command="pytest").end(keep=keep)
+        run_id = str(data["environment"]["run_id"])
+        lines = _session(config, load_suite(data["suite_path"]), engine, key, run_id).end(keep=keep)
         verb = "kept" if keep else ("left (attached)" if data.get("attached") else "torn down")
         _say(config, f"environment {verb}", lines)
     except (KtiError, StateError) as exc:
         _say(config, "tear-down failed", [str(exc)])
+
+
+def _session(config: pytest.Config, suite: Suite, engine: Engine, key: str, run_id: str | None) -> Session:
+    """The pytest session's :class:`Session`: on the suite's Kind cluster, or on the cluster of
+    ``--kti-kubeconfig`` with images pushed to ``--kti-registry`` (docs/remote-clusters.md)."""
+    from kubetest_infra.delivery import parse_registry
+    from kubetest_infra.remote import RemoteCluster
+    from kubetest_infra.session import Session
+
+    kubeconfig, push = option(config, "kti_kubeconfig"), option(config, "kti_registry")
+    if kubeconfig and not push:
+        raise ConfigError("--kti-kubeconfig needs --kti-registry: a cluster kti did not create has no Kind nodes "
+                          "to load into", hint="pass --kti-registry HOST[:PORT][/PREFIX] the cluster pulls from")
+    remote = RemoteCluster(Path(kubeconfig).resolve(), option(config, "kti_context")) if kubeconfig else None
+    if remote is not None:
+        remote.check()
+    return Session(suite, engine, key=key, owner=_owner(config), command="pytest", remote=remote,
+                   registry=parse_registry(push) if push else None, run_id=run_id if remote else None,
+                   namespace=option(config, "kti_namespace"))
 
 
 def _say(config: pytest.Config, title: str, lines: list[str]) -> None:

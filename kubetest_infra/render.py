@@ -223,6 +223,7 @@ def render(
     allowed_refs: Iterable[str] = (),
     image_ids: Mapping[str, str] | None = None,
     namespace: str | None = None,
+    pull_policy: str = "Never",
 ) -> Rendered:
     """Substitute this run's references (``images``: name → ref) and refuse any drift.
 
@@ -231,7 +232,9 @@ def render(
 
     ``allowed_refs`` are further local references this run loaded (e.g. locally built external images).
     ``image_ids`` (ref → image id) stamps pod templates with an annotation over the ids they run, so a
-    rebuilt image behind an unchanged reference still rolls the workload out.
+    rebuilt image behind an unchanged reference still rolls the workload out. ``pull_policy``: what
+    containers running a delivered image get (``Never`` for images loaded into the nodes,
+    ``IfNotPresent`` for digests pushed to a registry; see :mod:`.delivery`).
     """
     if namespace is not None:
         wrong = namespace_problems(objects, sources, namespace)
@@ -265,7 +268,7 @@ def render(
                 continue
             problems.extend(_guard(image, f"{label}: container {name!r}", registries, ours, by_repo))
             if image in ours:
-                container["imagePullPolicy"] = "Never"
+                container["imagePullPolicy"] = pull_policy
                 if image_ids and image in image_ids:
                     used_ids.append(f"{image}@{image_ids[image]}")
         if used_ids:
@@ -360,6 +363,13 @@ def namespace_problems(objects: Sequence[Obj], sources: Sequence[Source], namesp
                 f"remove metadata.namespace from the object (it then goes to {namespace}), or make "
                 f"{meta.get('namespace')} the suite's namespace (namespace: in the suite file)"))
     return problems
+
+
+def cluster_scoped_problems(objects: Sequence[Obj], sources: Sequence[Source]) -> list[str]:
+    """Objects a run on a shared cluster must not create: cluster-scoped kinds (a Namespace included)
+    outlive the run's namespace and would collide with another run's."""
+    return [f"{src}: {obj.get('kind')}/{(obj.get('metadata') or {}).get('name')} is cluster-scoped"
+            for obj, src in zip(objects, sources, strict=True) if str(obj.get("kind")) in CLUSTER_SCOPED]
 
 
 def _strings(node: Any) -> Iterable[str]:

@@ -31,11 +31,13 @@ from dataclasses import replace
 
 from kubetest_infra.build import LABEL_CONSUMER, LABEL_MANAGED, LABEL_RUN, Builder, BuildSpec
 from kubetest_infra.cluster import KindClusters
+from kubetest_infra.delivery import Registry
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import KtiError
 from kubetest_infra.graph import Listener
 from kubetest_infra.load import Loader
 from kubetest_infra.orchestrate import Orchestrator
+from kubetest_infra.remote import RemoteCluster, run_namespace
 from kubetest_infra.sources import input_files
 from kubetest_infra.state import (
     Environment,
@@ -65,13 +67,28 @@ class Session:
     """One session's use of one suite's environment (cluster ``suite.cluster.name``)."""
 
     def __init__(self, suite: Suite, engine: Engine, *, clusters: KindClusters | None = None,
-                 key: str | None = None, owner: Owner | None = None, command: str = "kti up") -> None:
+                 key: str | None = None, owner: Owner | None = None, command: str = "kti up",
+                 remote: RemoteCluster | None = None, registry: Registry | None = None, run_id: str | None = None,
+                 namespace: str | None = None) -> None:
+        """``remote``: a cluster reached by kubeconfig (never created or deleted); the run then has its own
+        id now (``run_id`` or a new one), its own namespace (``namespace`` template, default
+        ``{suite}-{run_id}``) and its own environment record ``remote-{namespace}``. ``registry``: images
+        are pushed there and pulled by digest (:mod:`.delivery`) instead of loaded into Kind nodes."""
+        self.remote = remote
+        self.registry = registry
+        self.run_id: str | None = None
+        env_name = suite.cluster.name
+        if remote is not None:
+            self.run_id = resolve_run_id(run_id)
+            suite = replace(suite, namespace=run_namespace(suite.name, self.run_id, namespace))
+            env_name = f"remote-{suite.namespace}"
+        self.env_name = env_name
         self.suite = suite
         self.engine = engine
         self.clusters = clusters or KindClusters(engine)
         self.owner = owner or Owner.current(command)
         self.key = key or session_key(command.split(maxsplit=1)[0], f"{self.owner.pid}-{new_run_id()[:6]}")
-        self.store = EnvironmentStore(self.clusters.state_dir, suite.cluster.name)
+        self.store = EnvironmentStore(self.clusters.state_dir, env_name)
         self.attached = False
         self.recovered: list[str] = []  # what up removed of killed earlier runs of this suite (their ledgers)
 
@@ -79,7 +96,7 @@ class Session:
     def record(self) -> EnvRecord | None:
         """The environment's record, or None (none, or its cluster is gone: then its files are dropped)."""
         rec = self.store.read()
-        if rec is not None and not self.clusters.exists(rec.env.cluster):
+        if rec is not None and self.remote is None and not self.clusters.exists(rec.env.cluster):
             self.store.remove()
             return None
         return rec
@@ -134,6 +151,8 @@ class Session:
                 rec = None
             chosen = resolve_run_id(run_id) if run_id or os.environ.get("KTI_RUN_ID") else \
                 (rec.env.run_id if rec is not None else resolve_run_id(None))
+            if self.run_id is not None:
+                chosen = self.run_id  # a remote run: chosen when the session was made (it names the namespace)
             others = self._others(rec)
             if rec is not None and others and (chosen != rec.env.run_id or
                                                self.plan_digest(chosen) != rec.env.plan):
@@ -148,7 +167,7 @@ class Session:
             orch = Orchestrator(self.suite, self.engine, chosen, clusters=self.clusters, reuse=reuse,
                                 keep=keep_on_failure, no_cache=no_cache, on_event=on_event, wait_policy=wait_policy,
                                 node_image=node_image, max_workers=max_workers, ledger=ledger, handover=handover,
-                                pull=pull, loader=loader)
+                                pull=pull, loader=loader, remote=self.remote, registry=self.registry)
             try:
                 env = replace(orch.up(), plan=self.plan_digest(chosen))
             except BaseException:
@@ -159,15 +178,17 @@ class Session:
                 raise
             self._merge(rec, env, ledger, keep_env=keep_env)
             self.attached = rec is not None
-            self._prune(env)
+            if self.remote is None:  # a remote run is its own environment: nothing it owns is superseded
+                self._prune(env)
             return env
 
     def _merge(self, rec: EnvRecord | None, env: Environment | None, ledger: Ledger, *, keep_env: bool) -> None:
         """Hand what this run created (its ledger) to the environment's record, and settle who owns it."""
         if env is None:  # a failed, kept run: its items still need an owner
             if rec is None:
-                placeholder = Environment(self.suite.name, ledger.run_id, self.suite.cluster.name,
-                                          str(self.clusters.kubeconfig_path(self.suite.cluster.name)),
+                placeholder = Environment(self.suite.name, ledger.run_id, self.env_name,
+                                          str(self.remote.kubeconfig if self.remote else
+                                              self.clusters.kubeconfig_path(self.suite.cluster.name)),
                                           self.suite.namespace, {}, {}, {}, False)
                 rec = EnvRecord(placeholder)
             new = rec.adopt(ledger.items)
@@ -238,6 +259,8 @@ class Session:
                 self._refuse_if_used(rec, "remove")
             if rec is not None:
                 return lines + self._remove(rec)
+            if self.remote is not None:
+                return lines  # never the cluster: it is not ours
             if self.clusters.record(name) is not None and self.clusters.exists(name):
                 self.clusters.delete(name)  # ours (recorded), e.g. an interrupted creation
                 return [*lines, f"cluster {name}"]

@@ -190,8 +190,8 @@ class Owner:
 
 
 # -- ledgers -----------------------------------------------------------------------------------
-ItemKind = Literal["cluster", "namespace", "image", "node-image", "file"]
-ITEM_KINDS = ("cluster", "namespace", "image", "node-image", "file")
+ItemKind = Literal["cluster", "namespace", "image", "node-image", "file", "tag"]  # tag: pushed to a registry
+ITEM_KINDS = ("cluster", "namespace", "image", "node-image", "file", "tag")
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,14 @@ from typing import Any
 from kubernetes import client
 
 from kubetest_infra.cluster import KindClusters
+from kubetest_infra.delivery import Registry, RegistryClient
 from kubetest_infra.engine import Engine
 from kubetest_infra.errors import KtiError
 from kubetest_infra.kube import api_client
 from kubetest_infra.load import Loader
+from kubetest_infra.remote import from_where
 from kubetest_infra.state import Item
+from kubetest_infra.tags import parse_ref
 
 NAMESPACE_DELETE_TIMEOUT = 30  # seconds for the API call; the namespace then terminates on its own
 
@@ -62,6 +65,8 @@ def remove_items(items: Sequence[Item], *, engine: Engine | None, clusters: Kind
                 _remove_image(item, engine)
             elif item.kind == "file":
                 _remove_file(Path(item.name))
+            elif item.kind == "tag":
+                _remove_tag(item)
         except KtiError as exc:
             failed.append((item, exc.message.splitlines()[0]))
             continue
@@ -82,6 +87,12 @@ def _remove_cluster(item: Item, clusters: KindClusters | None) -> None:
 
 
 def _remove_namespace(item: Item, clusters: KindClusters | None, api_for: ApiFor | None) -> None:
+    remote = from_where(item.where)
+    if remote is not None:  # a cluster reached by kubeconfig: only the run's namespace goes, never the cluster
+        if not remote.kubeconfig.is_file():
+            raise KtiError(f"cannot remove {item}: kubeconfig {remote.kubeconfig} is gone",
+                           hint="restore it and run 'kti gc', or delete the namespace by hand")
+        api_for = lambda _: remote.api()  # noqa: E731
     if api_for is None:
         if clusters is None or not clusters.exists(item.where):
             return  # its cluster is gone, and the namespace with it
@@ -108,6 +119,13 @@ def _unload(item: Item, engine: Engine | None, clusters: KindClusters | None) ->
     if not clusters.exists(item.where):
         return  # the cluster is gone, and the image with it
     Loader(engine).unload([item.name], clusters.nodes(item.where))
+
+
+def _remove_tag(item: Item) -> None:
+    parsed = parse_ref(item.name)
+    note = RegistryClient(Registry(parsed.domain)).delete(item.name)
+    if note:
+        raise KtiError(note, hint="delete it with the registry's own tools")
 
 
 def _remove_image(item: Item, engine: Engine | None) -> None:
