@@ -78,8 +78,8 @@ def kind_tier_problem() -> str | None:
 @cache
 def faults_tier_problem() -> str | None:
     """None when faults may be injected (opt-in: each case creates and removes a cluster), else why not."""
-    if os.environ.get("KTI_FAULTS") != "1":
-        return "opt-in: set KTI_FAULTS=1 (hack/test does)"
+    if os.environ.get("KTI_FAULTS") not in ("1", "full"):
+        return "opt-in: set KTI_FAULTS=1 (hack/test does; KTI_FAULTS=full: every combination)"
     kind = kind_tier_problem()
     return None if kind is None else f"no kind lab ({kind})"
 
