@@ -243,3 +243,26 @@ def test_header_needs_no_engine(pytester: pytest.Pytester, monkeypatch: pytest.M
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["kubetest-infra: suite suites/x; engine auto; reuse on; keep; state *"])
+
+
+def test_a_test_of_another_suite_fails_with_a_hint_not_against_the_wrong_environment(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One suite per session (several per session: not built yet): the suite of a test is its kti marker,
+    else the nearest suite.yaml; a test of another suite than the session's fails at set-up."""
+    out = pytester.mkdir("out")
+    monkeypatch.setenv("KTI_TEST_OUT", str(out))
+    monkeypatch.setenv("KTI_STATE_DIR", str(pytester.mkdir("state")))
+    pytester.makeconftest(FAKE_CONFTEST)
+    for name in ("alpha", "beta"):
+        suite = pytester.mkdir(name)
+        (suite / "suite.yaml").write_text(SUITE_YAML.replace("name: fake", f"name: {name}"))
+        (suite / "web.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\n")
+        (suite / f"test_{name}.py").write_text("def test_env(kti_env):\n    assert kti_env.suite\n")
+    (pytester.path / "test_marked.py").write_text(
+        "import pytest\n@pytest.mark.kti(suite='beta')\ndef test_m(kti_env):\n    pass\n")
+    result = pytester.runpytest_subprocess("--kti-suite", "alpha", "alpha", "beta", "test_marked.py")
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(["*beta/test_beta.py::test_env belongs to suite */beta/suite.yaml, but this session "
+                                 "serves */alpha/suite.yaml*"])
+    assert "test_marked.py::test_m belongs to suite" in result.stdout.str()
+    assert "Hint: one suite per pytest session" in result.stdout.str()
