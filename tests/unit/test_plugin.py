@@ -157,3 +157,112 @@ sess.Session.up = interrupted_up
     assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()
     assert not list(out.glob("test-*")), "no test ran after the interrupt"
     result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
+
+
+REPORT_CONFTEST = FAKE_CONFTEST.replace('''def fake_up(self, *, run_id=None, **kw):
+    rid = run_id or "fakerun1"''', '''def fake_up(self, *, run_id=None, on_event=None, **kw):
+    rid = run_id or "fakerun1"
+    on_event("cluster", "start", 0.0)
+    on_event("cluster", "ok", 1.5)''').replace(
+    '''{"web": "http://127.0.0.1:1"}, False)''',
+    '''{"web": "http://127.0.0.1:1"}, False,
+                       timings=(Timing("cluster", "cluster", 0.0, 1.5, "ok"),
+                                Timing("deploy:web", "service", 1.5, 2.0, "ok")),
+                       critical_path=("cluster", "deploy:web"), seconds=2.0)''').replace(
+    "from kubetest_infra.state import Environment", "from kubetest_infra.state import Environment\n"
+    "from kubetest_infra.graph import Timing")
+
+REPORT_TESTS = """
+import pytest
+
+def test_ok(kti_env, kti_service_url):
+    assert kti_service_url("web", "/x") == "http://127.0.0.1:1/x"
+
+def test_fails(kti_env):
+    assert False, "CrashLoopBackOff: web exited 1"
+
+@pytest.mark.kti(suite="elsewhere")
+def test_marked():
+    pass
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_controller_reports_suite_refs_timing_progress_junit_and_github(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """With or without xdist, the terminal (the controller's) shows the bring-up progress, the summary
+    (suite, run id, refs, fate, diagnostics) and the timing table; the JUnit XML report carries the
+    run's properties; under GitHub Actions each failure is an ::error and the step summary has the table."""
+    out = pytester.mkdir("out")
+    monkeypatch.setenv("KTI_TEST_OUT", str(out))
+    monkeypatch.setenv("KTI_STATE_DIR", str(pytester.mkdir("state")))
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    step = pytester.path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    monkeypatch.delenv("KTI_RUN_ID", raising=False)
+    suite = pytester.mkdir("suite")
+    (suite / "suite.yaml").write_text(SUITE_YAML)
+    (suite / "web.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\n")
+    pytester.makeconftest(REPORT_CONFTEST)
+    pytester.makepyfile(test_report=REPORT_TESTS)
+    xml = pytester.path / "junit.xml"
+    result = pytester.runpytest_subprocess("-n", str(workers), "--kti-suite", str(suite), f"--junitxml={xml}",
+                                           "--strict-markers")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([
+        "kubetest-infra: suite *suite; engine auto; reuse on; remove what it creates; state *",
+        "[[]kti[]] cluster: started",
+        "[[]kti[]] cluster: ok in 1.5s",
+        "::error file=test_report.py,line=7,title=test_report.py%3A%3Atest_fails::*CrashLoopBackOff*",
+        "*kubetest-infra*",
+        "suite fake (*suite.yaml), run id fakerun1, cluster kti-fake: torn down",
+        "  image web: localhost/web:fake-fakerun1",
+        "  diagnostics: *diagnostics",
+        "*fake: 2.0s total, critical path 2.0s*",
+        "*deploy:web*",
+    ])
+    text = xml.read_text()
+    assert '<property name="kti.run_id" value="fakerun1"' in text
+    assert '<property name="kti.image.web" value="localhost/web:fake-fakerun1"' in text
+    assert 'name="kti.diagnostics"' in text
+    md = step.read_text()
+    assert "| deploy:web | 1.5 | 2.0 | 0.5 | * |" in md
+    assert "`localhost/web:fake-fakerun1`" in md
+
+
+def test_plugin_registers_only_its_own_marker(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.kti(suite=PATH): *kubetest_infra plugin*"])
+    assert not [line for line in result.stdout.lines if line.startswith(("@pytest.mark.docker", "@pytest.mark.kind"))]
+
+
+def test_header_needs_no_engine(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(pytester.mkdir("empty-bin")))  # no docker, podman or kind to call
+    pytester.makeini("[pytest]\nkti_suite = suites/x\nkti_keep = true\n")
+    pytester.makepyfile(test_one="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["kubetest-infra: suite suites/x; engine auto; reuse on; keep; state *"])
+
+
+def test_a_test_of_another_suite_fails_with_a_hint_not_against_the_wrong_environment(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One suite per session (several per session: not built yet): the suite of a test is its kti marker,
+    else the nearest suite.yaml; a test of another suite than the session's fails at set-up."""
+    out = pytester.mkdir("out")
+    monkeypatch.setenv("KTI_TEST_OUT", str(out))
+    monkeypatch.setenv("KTI_STATE_DIR", str(pytester.mkdir("state")))
+    pytester.makeconftest(FAKE_CONFTEST)
+    for name in ("alpha", "beta"):
+        suite = pytester.mkdir(name)
+        (suite / "suite.yaml").write_text(SUITE_YAML.replace("name: fake", f"name: {name}"))
+        (suite / "web.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web}\n")
+        (suite / f"test_{name}.py").write_text("def test_env(kti_env):\n    assert kti_env.suite\n")
+    (pytester.path / "test_marked.py").write_text(
+        "import pytest\n@pytest.mark.kti(suite='beta')\ndef test_m(kti_env):\n    pass\n")
+    result = pytester.runpytest_subprocess("--kti-suite", "alpha", "alpha", "beta", "test_marked.py")
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines(["*beta/test_beta.py::test_env belongs to suite */beta/suite.yaml, but this session "
+                                 "serves */alpha/suite.yaml*"])
+    assert "test_marked.py::test_m belongs to suite" in result.stdout.str()
+    assert "Hint: one suite per pytest session" in result.stdout.str()
