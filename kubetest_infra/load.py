@@ -341,14 +341,16 @@ class Loader:
                             hint="create the cluster first")
         started = time.monotonic()
         nodes = list(dict.fromkeys(nodes))
-        self._check_nodes(nodes)
+        if wait_for_nodes is None:
+            self._check_nodes(nodes)
         with ExitStack() as stack:
             for node in sorted(nodes):
                 stack.enter_context(self._node_lock(node))
                 self._began[node] = time.time()
-            if wait_for_nodes is not None:
+            if wait_for_nodes is not None:  # the nodes may not exist yet (kind create is running)
                 with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="kti-wait") as pool:
                     list(pool.map(lambda n: self.wait_for_containerd(n, wait_for_nodes), nodes))
+                self._check_nodes(nodes)
             with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="kti-probe") as pool:
                 probes = [pool.submit(self._timed_probe, n) for n in nodes]  # while the engine side is read
                 jobs = self._jobs(images)
