@@ -57,7 +57,7 @@ class World:
         """``kti up SUITE`` in a process group of its own (a CI runner cancels the whole group)."""
         return subprocess.Popen([sys.executable, "-m", "kubetest_infra.cli", "up", str(self.suite)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env(**extra),
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_default_signals)  # noqa: PLW1509 (signal.signal only)
 
     def snapshot(self) -> dict[str, object]:
         """Kind clusters, node containers of the suite's cluster, our images of the suite, state files."""
@@ -68,8 +68,18 @@ class World:
         state = sorted(str(p.relative_to(self.state)) for p in self.state.rglob("*")
                        if p.is_file() and p.suffix != ".lock" and not p.name.endswith(".holder")
                        and "diagnostics" not in p.parts) if self.state.exists() else []
-        return {"clusters": sorted(self.clusters._kind("get", "clusters").split()), "nodes": sorted(nodes),
+        # only this tier's cluster name: other Kind clusters on the machine (CI runs other tiers beside
+        # this one) are not this run's, and are never touched by it
+        ours = [c for c in self.clusters._kind("get", "clusters").split() if c == CLUSTER]
+        return {"clusters": ours, "nodes": sorted(nodes),
                 "images": images, "state": state}
+
+
+def _default_signals() -> None:
+    """As a terminal starts a program: a pytest run as a background job of a non-interactive shell
+    (hack/test runs two at once) inherits SIGINT ignored, and so would the ``kti up`` it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _NoImage:
