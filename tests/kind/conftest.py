@@ -62,6 +62,9 @@ def kind_env() -> Iterator[KindEnv]:
     try:
         yield env
     finally:
+        # test_pipeline retags a reused image under a second consumer (kindtest2): its tag carries a
+        # consumer no label names, so it is removed by its exact consumer
+        remove_run_images(engine, run_id, "kindtest2")
         remove_run_images(engine, run_id)
         if os.environ.get("KTI_KEEP_CLUSTER") != "1":
             clusters.delete(CLUSTER)
