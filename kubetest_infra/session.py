@@ -283,14 +283,9 @@ class Session:
     def _finish_ledger(self) -> list[str]:
         """Ledgers left behind by this session (a worker killed while creating) or by a dead run of this
         suite (a ``kti up`` killed with SIGKILL): remove their items, as ``kti gc`` would."""
-        out: list[str] = []
-        for ledger in ledgers(self.clusters.state_dir):
-            mine = ledger.path.name == f"{self.key}.json"
-            if mine or (ledger.suite == self.suite.name and not ledger.owner.alive()):
-                done = finish_ledger(ledger, self.engine, self.clusters)
-                out.extend(done.lines() if mine else
-                           [f"{line} (left by {ledger.owner.describe()})" for line in done.lines()])
-        return out
+        mine = self.clusters.state_dir / "runs" / f"{self.key}.json"
+        out = finish_ledger(Ledger.load(mine), self.engine, self.clusters).lines() if mine.is_file() else []
+        return out + finish_dead_ledgers(self.engine, self.clusters, suite=self.suite.name)
 
 
 def finish_ledger(ledger: Ledger, engine: Engine | None, clusters: KindClusters | None) -> Removed:
@@ -316,13 +311,19 @@ def remove_dangling(engine: Engine, suite: str, runs: Sequence[str]) -> list[str
     return out
 
 
-def gc_state(engine: Engine | None, clusters: KindClusters) -> list[str]:
-    """Finish what crashed runs left behind (see the module docstring); what was removed."""
+def finish_dead_ledgers(engine: Engine | None, clusters: KindClusters, *, suite: str | None = None) -> list[str]:
+    """Remove what the ledgers of dead runs (of ``suite``, or any) list; what was removed."""
     out: list[str] = []
     for ledger in ledgers(clusters.state_dir):
-        if not ledger.owner.alive():
+        if (suite is None or ledger.suite == suite) and not ledger.owner.alive():
             done = finish_ledger(ledger, engine, clusters)
             out.extend(f"{line} (left by {ledger.owner.describe()})" for line in done.lines())
+    return out
+
+
+def gc_state(engine: Engine | None, clusters: KindClusters) -> list[str]:
+    """Finish what crashed runs left behind (see the module docstring); what was removed."""
+    out = finish_dead_ledgers(engine, clusters)
     base = clusters.state_dir / "clusters"
     for cdir in sorted(base.glob("*")) if base.is_dir() else []:
         name = cdir.name

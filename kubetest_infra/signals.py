@@ -17,8 +17,9 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -54,6 +55,19 @@ def terminate_interrupts() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _handling(handler: Callable[[int, FrameType | None], object]) -> Iterator[dict[int, Any]]:
+    """Within the block, ``handler`` handles SIGINT and SIGTERM; yields the handlers it replaced."""
+    previous: dict[int, Any] = {s: signal.getsignal(s) for s in _SIGNALS}
+    for s in _SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield previous
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Within the block, SIGINT/SIGTERM are noted, and raised as ``KeyboardInterrupt`` right after it.
 
@@ -67,21 +81,11 @@ def deferred() -> Iterator[None]:
         yield
         return
     pending: list[int] = []
-
-    def note(signum: int, _frame: FrameType | None) -> None:
-        pending.append(signum)
-
-    previous = {s: signal.getsignal(s) for s in _SIGNALS}
-    for s in _SIGNALS:
-        signal.signal(s, note)
-    try:
+    with _handling(lambda signum, _frame: pending.append(signum)) as previous:
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
     if pending:
         signum = pending[0]
-        handler = previous.get(signal.Signals(signum))
+        handler = previous.get(signum)
         if callable(handler):
             handler(signum, None)  # as if it arrived now: KeyboardInterrupt, or whatever was installed
         elif handler != signal.SIG_IGN:
@@ -100,11 +104,5 @@ def shielded(what: str) -> Iterator[None]:
                          "ignored so the clean-up runs to the end (it is bounded in time)\n")
         sys.stderr.flush()
 
-    previous = {s: signal.getsignal(s) for s in _SIGNALS}
-    for s in _SIGNALS:
-        signal.signal(s, report)
-    try:
+    with _handling(report):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
